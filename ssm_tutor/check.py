@@ -1,0 +1,74 @@
+"""A tiny shared helper that compares a new formulation against the previous one.
+
+Every notebook step ends with ``check(reference, candidate, "what")``: the new
+view (the convolution, the parallel scan, the Triton kernel) must equal the old
+one (the recurrence, the sequential scan, the PyTorch scan) to a tolerance.
+The printed line names the tolerance rather than the measured error, so a
+notebook prints the same text on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["check", "max_abs_error"]
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.is_complex():
+            return x.resolve_conj().numpy()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        return x.numpy()
+    return np.asarray(x)
+
+
+def max_abs_error(reference, candidate) -> float:
+    """The largest elementwise |reference - candidate|, after checking the shapes agree."""
+    ref, cand = _as_numpy(reference), _as_numpy(candidate)
+    if ref.shape != cand.shape:
+        raise ValueError(f"shape mismatch: reference has shape {ref.shape}, candidate has shape {cand.shape}")
+    if ref.size == 0:
+        return 0.0
+    return float(np.max(np.abs(ref.astype(np.complex128 if np.iscomplexobj(ref) else np.float64) - cand)))
+
+
+def check(reference, candidate, what: str = "candidate", *, atol: float = 1e-6, rtol: float = 1e-5,
+          quiet: bool = False) -> None:
+    """Assert that ``candidate`` equals ``reference`` elementwise within ``atol + rtol * |reference|``.
+
+    Works on tensors, arrays and (nested) tuples or lists of them. Shapes must match
+    exactly: nothing is broadcast. On success prints one deterministic line; on failure
+    raises ``AssertionError`` naming the worst element, its two values and the error.
+    """
+    if isinstance(reference, (tuple, list)):
+        if not isinstance(candidate, (tuple, list)) or len(candidate) != len(reference):
+            raise AssertionError(f"{what}: expected a sequence of {len(reference)} items, got {type(candidate).__name__}")
+        for i, (r, c) in enumerate(zip(reference, candidate)):
+            check(r, c, f"{what}[{i}]", atol=atol, rtol=rtol, quiet=True)
+        if not quiet:
+            print(f"✓ {what} matches the reference (atol={atol:g}, rtol={rtol:g})")
+        return
+    ref, cand = _as_numpy(reference), _as_numpy(candidate)
+    if ref.shape != cand.shape:
+        raise AssertionError(f"{what}: shape {cand.shape} differs from the reference shape {ref.shape}")
+    if not np.all(np.isfinite(cand)):
+        bad = int(np.sum(~np.isfinite(cand)))
+        raise AssertionError(f"{what}: {bad} of {cand.size} values are NaN or infinite")
+    ref64 = ref.astype(np.complex128 if np.iscomplexobj(ref) else np.float64)
+    cand64 = cand.astype(np.complex128 if np.iscomplexobj(cand) else np.float64)
+    err = np.abs(ref64 - cand64)
+    allowed = atol + rtol * np.abs(ref64)
+    if np.any(err > allowed):
+        idx = np.unravel_index(np.argmax(err - allowed), err.shape)
+        raise AssertionError(
+            f"{what}: differs from the reference at index {tuple(int(i) for i in idx)}: "
+            f"reference {ref64[idx]!r}, candidate {cand64[idx]!r}, |error| {err[idx]:.3g} "
+            f"> allowed {allowed[idx]:.3g} (atol={atol:g}, rtol={rtol:g}); "
+            f"{int(np.sum(err > allowed))} of {err.size} elements out of tolerance"
+        )
+    if not quiet:
+        print(f"✓ {what} matches the reference (atol={atol:g}, rtol={rtol:g}, shape {tuple(ref.shape)})")

@@ -1,0 +1,112 @@
+"""The Mamba paper's synthetic tasks: selective copying and induction heads.
+
+Paper: Gu & Dao (2023), Section 4.1 and Appendix E.1. Both tasks are seeded, so the same
+arguments always give the same batch. Each returns a :class:`TaskBatch` of ``inputs`` and
+``targets``, both (num_examples, length) int64: a causal model reads ``inputs`` and is scored
+only where ``targets != IGNORE`` (the positions where the answer must be produced).
+
+Selective copying (Section 4.1.1, Figure 2): ``num_tokens`` data tokens are scattered at random
+positions among ``seq_len`` noise tokens; then ``num_tokens`` copy markers follow, and at each
+marker the model must emit the data tokens in their original order. A time-invariant system
+cannot do this: where the data sits changes from example to example, so no fixed kernel works.
+
+Induction heads (Section 4.1.2): random tokens, with a trigger token placed once somewhere in
+the sequence and followed by the answer token; the sequence ends with the trigger again and the
+model must recall the token that followed its first occurrence.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["TaskBatch", "selective_copying", "induction_heads", "IGNORE", "NOISE", "MARKER", "TRIGGER",
+           "masked_accuracy"]
+
+IGNORE = -100   # target value for positions that are not scored (PyTorch's cross_entropy default)
+NOISE = 0       # selective copying: the filler ("um", padding) token
+MARKER = 1      # selective copying: "now copy the next data token"
+TRIGGER = 0     # induction heads: the token whose successor must be recalled
+
+
+class TaskBatch(NamedTuple):
+    inputs: torch.Tensor   # (num_examples, length) int64
+    targets: torch.Tensor  # (num_examples, length) int64, IGNORE where not scored
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _check_positive(**kwargs):
+    for name, value in kwargs.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8, vocab_size: int = 10,
+                      seed: int = 0) -> TaskBatch:
+    """Selective-copying examples.
+
+    Token ids: ``NOISE`` = 0, ``MARKER`` = 1, data tokens 2 … vocab_size-1.
+    inputs:  (num_examples, seq_len + num_tokens): the scattered data among noise, then the markers.
+    targets: IGNORE everywhere except the last ``num_tokens`` positions, which hold the data tokens
+             in order (the model's prediction *at* marker j must be data token j).
+    """
+    _check_positive(num_examples=num_examples, seq_len=seq_len, num_tokens=num_tokens, vocab_size=vocab_size)
+    if num_tokens > seq_len:
+        raise ValueError(f"num_tokens ({num_tokens}) must be at most seq_len ({seq_len})")
+    if vocab_size < 3:
+        raise ValueError(f"vocab_size must be at least 3 (noise, marker and one data token), got {vocab_size}")
+    g = _generator(seed)
+    data = torch.randint(2, vocab_size, (num_examples, num_tokens), generator=g)          # (N, k)
+    # choose k distinct positions per example, kept in increasing order so the copy order is the data order
+    positions = torch.rand(num_examples, seq_len, generator=g).argsort(dim=1)[:, :num_tokens]
+    positions = positions.sort(dim=1).values                                            # (N, k)
+    body = torch.full((num_examples, seq_len), NOISE, dtype=torch.long)                 # (N, seq_len)
+    body.scatter_(1, positions, data)
+    markers = torch.full((num_examples, num_tokens), MARKER, dtype=torch.long)          # (N, k)
+    inputs = torch.cat([body, markers], dim=1)                                          # (N, seq_len + k)
+    targets = torch.full_like(inputs, IGNORE)
+    targets[:, seq_len:] = data
+    return TaskBatch(inputs, targets)
+
+
+def induction_heads(num_examples: int, seq_len: int = 256, vocab_size: int = 16, seed: int = 0) -> TaskBatch:
+    """Induction-heads examples.
+
+    Token ids: ``TRIGGER`` = 0, ordinary tokens 1 … vocab_size-1.
+    inputs:  (num_examples, seq_len): random ordinary tokens; the trigger at a random position p
+             (0 ≤ p ≤ seq_len - 3) followed by the answer; the trigger again at the last position.
+    targets: IGNORE everywhere except the last position, which holds the answer.
+    """
+    _check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
+    if seq_len < 3:
+        raise ValueError(f"seq_len must be at least 3 (trigger, answer, trigger), got {seq_len}")
+    if vocab_size < 2:
+        raise ValueError(f"vocab_size must be at least 2 (the trigger and one token), got {vocab_size}")
+    g = _generator(seed)
+    inputs = torch.randint(1, vocab_size, (num_examples, seq_len), generator=g)         # (N, L)
+    first = torch.randint(0, seq_len - 2, (num_examples,), generator=g)                 # (N,)
+    rows = torch.arange(num_examples)
+    answer = inputs[rows, first + 1].clone()                                            # (N,)
+    inputs[rows, first] = TRIGGER
+    inputs[:, -1] = TRIGGER
+    targets = torch.full_like(inputs, IGNORE)
+    targets[:, -1] = answer
+    return TaskBatch(inputs, targets)
+
+
+def masked_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Fraction of scored positions (targets != IGNORE) where argmax(logits) equals the target.
+
+    logits: (N, L, vocab); targets: (N, L).
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits must have shape (*targets.shape, vocab) = ({', '.join(map(str, targets.shape))}, V), "
+                         f"got {tuple(logits.shape)}")
+    mask = targets != IGNORE
+    if not mask.any():
+        raise ValueError("targets has no scored positions (all are IGNORE)")
+    return float((logits.argmax(-1)[mask] == targets[mask]).float().mean())
