@@ -133,7 +133,11 @@ def check_exercise(exercise_id: str, answer: Callable, *, verbose: bool = True) 
     """
     chapter = exercise_id.split(".")[0]
     if exercise_id not in EXERCISES:
-        load_chapter(chapter)
+        try:
+            load_chapter(chapter)
+        except ModuleNotFoundError:
+            raise KeyError(f"no exercise {exercise_id!r}: there is no chapter {chapter!r} "
+                           f"(expected an id like '02.1')") from None
     if exercise_id not in EXERCISES:
         raise KeyError(f"no exercise {exercise_id!r}; chapter {chapter} defines "
                        f"{sorted(k for k in EXERCISES if k.startswith(chapter + '.'))}")

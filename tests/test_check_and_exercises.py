@@ -1,0 +1,72 @@
+"""The shared `check` helper and the exercise checker say precisely what is wrong."""
+
+import pytest
+import torch
+
+from ssm_tutor import check
+from ssm_tutor.exercises import EXERCISES, check_exercise, exercise
+
+
+def test_check_passes_within_tolerance(capsys):
+    check(torch.ones(3), torch.ones(3) + 1e-9, "ones")
+    assert "✓ ones matches the reference" in capsys.readouterr().out
+
+
+def test_check_names_shape_mismatch():
+    with pytest.raises(AssertionError, match=r"shape \(3, 1\) differs from the reference shape \(3,\)"):
+        check(torch.ones(3), torch.ones(3, 1), "x")
+
+
+def test_check_reports_worst_element():
+    ref = torch.zeros(4)
+    cand = torch.tensor([0.0, 0.0, 0.5, 0.0])
+    with pytest.raises(AssertionError, match=r"index \(2,\).*1 of 4 elements"):
+        check(ref, cand, "y")
+
+
+def test_check_rejects_nan():
+    with pytest.raises(AssertionError, match="NaN"):
+        check(torch.zeros(2), torch.tensor([0.0, float("nan")]), "z")
+
+
+def test_check_handles_tuples(capsys):
+    check((torch.ones(2), torch.zeros(1)), (torch.ones(2), torch.zeros(1)), "pair")
+    assert "pair matches" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match=r"pair\[1\]"):
+        check((torch.ones(2), torch.zeros(1)), (torch.ones(2), torch.ones(1)), "pair")
+
+
+@exercise("99.1", "square a tensor")
+def _square_cases():
+    for n in (1, 3):
+        x = torch.arange(float(n))
+        yield f"n={n}", (x,), {}, x * x
+
+
+def test_exercise_pass(capsys):
+    result = check_exercise("99.1", lambda x: x**2)
+    assert result.passed
+    assert capsys.readouterr().out.startswith("Exercise 99.1 [PASS] square a tensor: matches the reference on 2 cases")
+
+
+def test_exercise_fail_names_case_shape_and_error():
+    result = check_exercise("99.1", lambda x: x * 2, verbose=False)
+    assert result.status == "FAIL"
+    assert "case 2 (n=3)" in result.message and "differs from the reference by up to" in result.message
+    wrong_shape = check_exercise("99.1", lambda x: (x * x)[None], verbose=False)
+    assert "expected shape (1,), got shape (1, 1)" in wrong_shape.message
+
+
+def test_exercise_not_attempted_and_crash():
+    def stub(x):
+        raise NotImplementedError()
+
+    assert check_exercise("99.1", stub, verbose=False).status == "NOT ATTEMPTED"
+    crashed = check_exercise("99.1", lambda x: x @ x @ x, verbose=False)
+    assert crashed.status == "FAIL" and "raised" in crashed.message
+
+
+def test_unknown_exercise_is_a_clear_error():
+    with pytest.raises(KeyError, match="no chapter"):
+        check_exercise("99.7", lambda x: x)
+    assert "99.1" in EXERCISES
