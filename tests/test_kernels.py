@@ -1,0 +1,240 @@
+"""Stage 6: the Triton selective-scan kernels, checked against ``selective_scan_ref`` + autograd.
+
+Runs on a CPU through the Triton interpreter (conftest.py sets TRITON_INTERPRET=1 when there is
+no CUDA device). The interpreter executes each program in Python, so shapes stay tiny; float64
+lets the gradients be compared at gradcheck-level tolerances.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ssm_tutor.selective import selective_scan_ref
+from ssm_tutor.kernels import launch_config, selective_scan_triton, traffic as T
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def make_inputs(b, d, l, n, *, groups=0, has_D=True, has_z=True, has_bias=True, dtype=torch.float64,
+                requires_grad=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0, shift=0.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(DEVICE, dtype)
+
+    bc_shape = (b, groups, n, l) if groups else (b, n, l)
+    args = dict(
+        u=rnd(b, d, l),                                   # (b, d, l)
+        delta=rnd(b, d, l, scale=0.5, shift=-0.5),       # (b, d, l) before softplus
+        A=-torch.exp(rnd(d, n, scale=0.5)),               # (d, n) negative, like -exp(A_log)
+        B=rnd(*bc_shape), C=rnd(*bc_shape),               # (b, n, l) or (b, g, n, l)
+        D=rnd(d) if has_D else None,                      # (d,)
+        z=rnd(b, d, l) if has_z else None,                # (b, d, l)
+        delta_bias=rnd(d, scale=0.3) if has_bias else None,
+    )
+    if requires_grad:
+        for t in args.values():
+            if t is not None:
+                t.requires_grad_(True)
+    return args
+
+
+def grads_of(fn, args, softplus, with_last_state):
+    """Run fn, contract y (and the last state) with fixed random weights, and return everything."""
+    out = fn(**args, delta_softplus=softplus, return_last_state=with_last_state)
+    y, last = out if with_last_state else (out, None)
+    gen = torch.Generator().manual_seed(1)
+    loss = (y * torch.randn(y.shape, generator=gen, dtype=torch.float64).to(y)).sum()
+    if last is not None:
+        loss = loss + (last * torch.randn(last.shape, generator=gen, dtype=torch.float64).to(last)).sum()
+    inputs = [args[k] for k in ARG_NAMES if args[k] is not None]
+    grads = torch.autograd.grad(loss, inputs)
+    names = [k for k in ARG_NAMES if args[k] is not None]
+    return y, last, dict(zip(names, grads))
+
+
+CASES = {
+    # name: (b, d, l, n, options, kernel tile overrides)
+    "all-options-ragged-L": (2, 4, 37, 4, dict(), dict(chunk=16)),
+    "n=1": (1, 4, 20, 1, dict(), dict(chunk=8)),
+    "d=1": (2, 1, 21, 4, dict(), dict(chunk=8)),
+    "plain-L-multiple-of-chunk": (1, 4, 32, 4, dict(has_D=False, has_z=False, has_bias=False), dict(chunk=16)),
+    "grouped-g2": (1, 4, 19, 4, dict(groups=2), dict(chunk=8)),
+    "ragged-d-and-n": (1, 5, 13, 3, dict(has_z=False), dict(chunk=8, block_d=2)),
+    "grouped-g3-odd-channels": (1, 3, 11, 2, dict(groups=3, has_bias=False), dict(chunk=8)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_gradients_match_reference_autograd_float64(case):
+    b, d, l, n, options, tiles = CASES[case]
+    softplus = options.get("has_bias", True)      # cover both softplus settings
+    args_ref = make_inputs(b, d, l, n, **options)
+    args_tri = {k: (v.detach().clone().requires_grad_(True) if v is not None else None) for k, v in args_ref.items()}
+    y_ref, last_ref, g_ref = grads_of(selective_scan_ref, args_ref, softplus, True)
+    y_tri, last_tri, g_tri = grads_of(lambda **kw: selective_scan_triton(**kw, **tiles), args_tri, softplus, True)
+    torch.testing.assert_close(y_tri, y_ref, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(last_tri, last_ref, atol=1e-12, rtol=1e-10)
+    assert set(g_tri) == set(g_ref)
+    for name in g_ref:
+        torch.testing.assert_close(g_tri[name], g_ref[name], atol=1e-11, rtol=1e-9, msg=lambda m: f"grad of {name}: {m}")
+
+
+def test_gradient_without_last_state_and_float32_tolerances():
+    args_ref = make_inputs(1, 4, 24, 4, dtype=torch.float32)
+    args_tri = {k: v.detach().clone().requires_grad_(True) for k, v in args_ref.items()}
+    y_ref, _, g_ref = grads_of(selective_scan_ref, args_ref, True, False)
+    y_tri, _, g_tri = grads_of(lambda **kw: selective_scan_triton(**kw, chunk=8), args_tri, True, False)
+    assert y_tri.dtype == torch.float32
+    torch.testing.assert_close(y_tri, y_ref, atol=1e-5, rtol=1e-5)
+    for name in g_ref:
+        torch.testing.assert_close(g_tri[name], g_ref[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"grad of {name}: {m}")
+
+
+def test_non_contiguous_inputs_like_a_transposed_mamba_activation():
+    # In a Mamba block u, Δ and z come from a (b, l, d) activation, transposed to (b, d, l).
+    base = make_inputs(1, 4, 12, 2, requires_grad=False)
+
+    def strided(name, v):
+        if name in ("u", "delta", "z"):
+            return v.transpose(1, 2).contiguous().transpose(1, 2)          # (b, d, l) view of (b, l, d)
+        if name == "D":
+            return torch.stack([v, v], dim=1)[:, 0]                        # (d,) with stride 2
+        return v.clone()
+
+    args_ref = {k: strided(k, v).requires_grad_(True) for k, v in base.items()}
+    args_tri = {k: strided(k, v).requires_grad_(True) for k, v in base.items()}
+    assert not args_tri["u"].is_contiguous() and not args_tri["D"].is_contiguous()
+    y_ref, _, g_ref = grads_of(selective_scan_ref, args_ref, True, False)
+    y_tri, _, g_tri = grads_of(lambda **kw: selective_scan_triton(**kw, chunk=8), args_tri, True, False)
+    torch.testing.assert_close(y_tri, y_ref, atol=1e-12, rtol=1e-10)
+    for name in g_ref:
+        torch.testing.assert_close(g_tri[name], g_ref[name], atol=1e-11, rtol=1e-9, msg=lambda m: f"grad of {name}: {m}")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_accumulate_in_float32(dtype):
+    args = make_inputs(1, 4, 20, 4, dtype=dtype, requires_grad=False)
+    y_ref, last_ref = selective_scan_ref(**args, delta_softplus=True, return_last_state=True)
+    y, last = selective_scan_triton(**args, delta_softplus=True, return_last_state=True, chunk=8)
+    assert y.dtype == dtype and last.dtype == torch.float32
+    # both accumulate in float32, so only the final rounding to 8/11 mantissa bits differs
+    torch.testing.assert_close(y.float(), y_ref.float(), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(last, last_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_forward_without_grad_equals_training_forward():
+    args = make_inputs(1, 2, 18, 2)
+    with torch.no_grad():
+        y_nograd = selective_scan_triton(**args, delta_softplus=True, chunk=8)
+    y_grad = selective_scan_triton(**args, delta_softplus=True, chunk=8)
+    assert not y_nograd.requires_grad and y_grad.requires_grad
+    torch.testing.assert_close(y_nograd, y_grad.detach(), atol=0, rtol=0)
+
+
+def test_stage5_dispatch_method_triton_calls_the_kernel():
+    scan = pytest.importorskip("ssm_tutor.scan")
+    args = make_inputs(1, 2, 10, 2, requires_grad=False)
+    y_disp = scan.selective_scan(*[args[k] for k in ARG_NAMES], True, True, method="triton")
+    y_kern = selective_scan_triton(*[args[k] for k in ARG_NAMES], True, True)
+    torch.testing.assert_close(y_disp, y_kern, atol=0, rtol=0)
+
+
+def test_bad_inputs_raise_errors_naming_the_argument():
+    args = make_inputs(1, 2, 8, 2, requires_grad=False)
+    bad = dict(args, B=args["B"][:, :1])
+    with pytest.raises(ValueError, match="B must have shape"):
+        selective_scan_triton(**bad)
+    nan = dict(args, delta=args["delta"].clone())
+    nan["delta"][0, 0, 3] = float("nan")
+    with pytest.raises(ValueError, match="delta contains 1 NaN"):
+        selective_scan_triton(**nan)
+    with pytest.raises(ValueError, match="chunk must be a power of two"):
+        selective_scan_triton(**args, chunk=12)
+
+
+def test_launch_config_keeps_blocks_inside_one_group_and_tiles_16_bytes_per_thread():
+    cfg = launch_config(d=12, n=5, groups=2, interpreted=False)     # 6 channels per group
+    assert cfg.block_n == 8 and 6 % cfg.block_d == 0
+    # on a GPU a chunk is 8 threads × 16 bytes of consecutive time steps
+    assert launch_config(d=2048, n=16, elem_size=2, interpreted=False).chunk == 64
+    assert launch_config(d=2048, n=16, elem_size=4, interpreted=False).chunk == 32
+    assert launch_config(d=3, n=16, interpreted=False).block_d == 4          # no wider than d needs
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter switch only matters on a CPU")
+def test_without_interpreter_cpu_tensors_raise_a_clear_error_and_import_is_light():
+    code = textwrap.dedent("""
+        import sys
+        import torch
+        from ssm_tutor.kernels import launch_config, traffic
+        print("light import:", "triton" not in sys.modules)      # the package imports Triton lazily
+        from ssm_tutor.kernels import selective_scan_triton
+        u = torch.randn(1, 2, 4)
+        try:
+            selective_scan_triton(u, u.clone(), -torch.ones(2, 3), torch.randn(1, 3, 4), torch.randn(1, 3, 4))
+        except RuntimeError as err:
+            print("ERROR:", err)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "light import: True" in out.stdout, out.stdout + out.stderr
+    assert "ERROR:" in out.stdout, out.stderr
+    assert "TRITON_INTERPRET" in out.stdout and "before" in out.stdout
+
+
+# ---- the memory-traffic model -------------------------------------------------------------
+
+def test_fused_traffic_is_inputs_once_and_output_once():
+    b, d, l, n = 2, 3, 5, 4
+    tr = T.traffic("fused", b, d, l, n, "fp32")
+    # reads: u, Δ, z (3·30) and B, C (2·40) elements, A (12) D (3) delta_bias (3); 4 bytes each
+    assert tr.read == (3 * 30 + 2 * 40 + 12 + 3 + 3) * 4 == 752
+    # writes: y (30) and the last state (24)
+    assert tr.written == (30 + 24) * 4 == 216
+    bf16 = T.traffic("fused", b, d, l, n, torch.bfloat16)
+    assert bf16.read == (3 * 30 + 2 * 40) * 2 + (12 + 3 + 3) * 4
+    assert bf16.written == 30 * 2 + 24 * 4
+
+
+def test_fused_training_traffic_counts_chunk_states():
+    b, d, l, n = 1, 2, 10, 3
+    fwd = T.traffic("fused", b, d, l, n, "fp32", has_D=False, has_z=False, has_bias=False, chunk=4)
+    train = T.traffic("fused", b, d, l, n, "fp32", has_D=False, has_z=False, has_bias=False, chunk=4,
+                      backward=True)
+    states = b * d * 3 * n * 4          # ceil(10 / 4) = 3 checkpoints of (b, d, n)
+    passes = dict((label, (r, w)) for label, r, w in train.passes)
+    assert passes["write chunk states (b, d, l/T, n)"] == (0, states)
+    assert train.total > 2 * fwd.total
+
+
+def test_reference_traffic_matches_a_hand_count():
+    b, d, l, n = 1, 2, 3, 4
+    E, Ebc, Ebig = 6, 12, 24
+    tr = T.traffic("reference", b, d, l, n, "fp32", has_D=False, has_z=False, has_bias=False, softplus=False)
+    # Ā: read Δ, A, write einsum, read+write exp | B̄u: read Δ, u, B, temporary | loop: 4 reads + 2 writes
+    # of (b,d,n) per step | y: read h, C, write y | stack: read + write y
+    reads = E + d * n + Ebig + 2 * E + Ebc + Ebig + 4 * Ebig + Ebig + Ebc + E
+    writes = 2 * Ebig + 2 * Ebig + 2 * Ebig + E + E
+    assert (tr.read, tr.written) == (reads * 4, writes * 4)
+    assert tr.total == (224 + 156) * 4 == 1520
+
+
+def test_traffic_ratio_grows_with_state_size_and_time_uses_bandwidth():
+    small = T.compare(8, 2048, 2048, 4, "fp32")
+    big = T.compare(8, 2048, 2048, 16, "fp32")
+    ratio = lambda r: r["reference"][0] / r["fused"][0]
+    assert ratio(big) > 3 * ratio(small) > 3
+    assert big["sequential"][0] < big["reference"][0]
+    tr = T.traffic("fused", 8, 2048, 2048, 16, "bf16")
+    assert tr.time("H100") == pytest.approx(tr.total / 3.35e12)
+    assert tr.time("A100") == pytest.approx(tr.total / 2.0e12)
+    with pytest.raises(ValueError, match="gpu must be one of"):
+        tr.time("V100")
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        T.traffic("cuda", 1, 1, 1, 1)
