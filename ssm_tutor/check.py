@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["check", "max_abs_error"]
+__all__ = ["check", "mismatch", "max_abs_error"]
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -33,7 +33,34 @@ def max_abs_error(reference, candidate) -> float:
         raise ValueError(f"shape mismatch: reference has shape {ref.shape}, candidate has shape {cand.shape}")
     if ref.size == 0:
         return 0.0
-    return float(np.max(np.abs(ref.astype(np.complex128 if np.iscomplexobj(ref) else np.float64) - cand)))
+    return float(np.max(np.abs(_widen(ref) - _widen(cand))))
+
+
+def _widen(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
+
+
+def mismatch(reference, candidate, *, atol: float, rtol: float, what: str = "output") -> str | None:
+    """None when ``candidate`` equals ``reference`` within ``atol + rtol * |reference|`` elementwise,
+    else one sentence naming what differs: the shape, the non-finite values, or the worst element
+    with both values, the error and how many elements are out of tolerance. Nothing is broadcast."""
+    ref, cand = _as_numpy(reference), _as_numpy(candidate)
+    if ref.shape != cand.shape:
+        return f"{what}: expected shape {tuple(ref.shape)}, got shape {tuple(cand.shape)}"
+    if cand.size and not np.all(np.isfinite(cand)):
+        bad = int(np.sum(~np.isfinite(cand)))
+        return f"{what}: {bad} of {cand.size} values are NaN or infinite"
+    if ref.size == 0:
+        return None
+    ref64, cand64 = _widen(ref), _widen(cand)
+    err = np.abs(ref64 - cand64)
+    allowed = atol + rtol * np.abs(ref64)
+    if not np.any(err > allowed):
+        return None
+    idx = np.unravel_index(np.argmax(err - allowed), err.shape)
+    return (f"{what}: differs from the reference by up to {float(err.max()):.3g}; "
+            f"at index {tuple(int(i) for i in idx)} expected {ref64[idx]!r}, got {cand64[idx]!r}; "
+            f"{int(np.sum(err > allowed))} of {err.size} elements out of tolerance (atol={atol:g}, rtol={rtol:g})")
 
 
 def check(reference, candidate, what: str = "candidate", *, atol: float = 1e-6, rtol: float = 1e-5,
@@ -41,8 +68,9 @@ def check(reference, candidate, what: str = "candidate", *, atol: float = 1e-6, 
     """Assert that ``candidate`` equals ``reference`` elementwise within ``atol + rtol * |reference|``.
 
     Works on tensors, arrays and (nested) tuples or lists of them. Shapes must match
-    exactly: nothing is broadcast. On success prints one deterministic line; on failure
-    raises ``AssertionError`` naming the worst element, its two values and the error.
+    exactly: nothing is broadcast. On success prints one deterministic line (it names the
+    tolerance, not the measured error, so every machine prints the same); on failure raises
+    ``AssertionError`` naming the worst element, its two values and the error.
     """
     if isinstance(reference, (tuple, list)):
         if not isinstance(candidate, (tuple, list)) or len(candidate) != len(reference):
@@ -52,23 +80,8 @@ def check(reference, candidate, what: str = "candidate", *, atol: float = 1e-6, 
         if not quiet:
             print(f"✓ {what} matches the reference (atol={atol:g}, rtol={rtol:g})")
         return
-    ref, cand = _as_numpy(reference), _as_numpy(candidate)
-    if ref.shape != cand.shape:
-        raise AssertionError(f"{what}: shape {cand.shape} differs from the reference shape {ref.shape}")
-    if not np.all(np.isfinite(cand)):
-        bad = int(np.sum(~np.isfinite(cand)))
-        raise AssertionError(f"{what}: {bad} of {cand.size} values are NaN or infinite")
-    ref64 = ref.astype(np.complex128 if np.iscomplexobj(ref) else np.float64)
-    cand64 = cand.astype(np.complex128 if np.iscomplexobj(cand) else np.float64)
-    err = np.abs(ref64 - cand64)
-    allowed = atol + rtol * np.abs(ref64)
-    if np.any(err > allowed):
-        idx = np.unravel_index(np.argmax(err - allowed), err.shape)
-        raise AssertionError(
-            f"{what}: differs from the reference at index {tuple(int(i) for i in idx)}: "
-            f"reference {ref64[idx]!r}, candidate {cand64[idx]!r}, |error| {err[idx]:.3g} "
-            f"> allowed {allowed[idx]:.3g} (atol={atol:g}, rtol={rtol:g}); "
-            f"{int(np.sum(err > allowed))} of {err.size} elements out of tolerance"
-        )
+    problem = mismatch(reference, candidate, atol=atol, rtol=rtol, what=what)
+    if problem:
+        raise AssertionError(problem)
     if not quiet:
-        print(f"✓ {what} matches the reference (atol={atol:g}, rtol={rtol:g}, shape {tuple(ref.shape)})")
+        print(f"✓ {what} matches the reference (atol={atol:g}, rtol={rtol:g}, shape {tuple(_as_numpy(reference).shape)})")

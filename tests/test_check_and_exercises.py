@@ -13,7 +13,7 @@ def test_check_passes_within_tolerance(capsys):
 
 
 def test_check_names_shape_mismatch():
-    with pytest.raises(AssertionError, match=r"shape \(3, 1\) differs from the reference shape \(3,\)"):
+    with pytest.raises(AssertionError, match=r"expected shape \(3,\), got shape \(3, 1\)"):
         check(torch.ones(3), torch.ones(3, 1), "x")
 
 

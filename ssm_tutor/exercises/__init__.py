@@ -23,12 +23,14 @@ Adding an exercise to a chapter::
 from __future__ import annotations
 
 import importlib
+import os
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
-import torch
+
+from ssm_tutor.check import mismatch
 
 __all__ = ["exercise", "check_exercise", "ExerciseResult", "EXERCISES", "compare", "load_chapter"]
 
@@ -60,6 +62,9 @@ class ExerciseResult:
     def __str__(self) -> str:
         return f"Exercise {self.id} [{self.status}] {self.title}: {self.message}"
 
+    def _ipython_display_(self) -> None:
+        """Show nothing as a cell's result: ``check_exercise`` has already printed the line."""
+
 
 EXERCISES: dict[str, Exercise] = {}
 
@@ -79,15 +84,6 @@ def load_chapter(chapter: str) -> None:
     importlib.import_module(f"ssm_tutor.exercises.ch{chapter}")
 
 
-def _to_numpy(x):
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
-        return x.resolve_conj().numpy() if x.is_complex() else x.numpy()
-    return np.asarray(x)
-
-
 def compare(expected, got, atol: float, rtol: float, where: str = "output") -> str | None:
     """Return None when ``got`` equals ``expected`` (same structure, same shapes, close values),
     else a message that names what differs: which output, which shape, by how much."""
@@ -105,23 +101,7 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
         return None if got == expected else f"{where}: expected {expected!r}, got {got!r}"
     if got is None:
         return f"{where}: got None (did the function forget to return?)"
-    e, g = _to_numpy(expected), _to_numpy(got)
-    if e.shape != g.shape:
-        return f"{where}: expected shape {tuple(e.shape)}, got shape {tuple(g.shape)}"
-    if g.size and not np.all(np.isfinite(g)):
-        return f"{where}: contains NaN or infinite values"
-    if e.size == 0:
-        return None
-    e64 = e.astype(np.complex128 if np.iscomplexobj(e) else np.float64)
-    g64 = g.astype(np.complex128 if np.iscomplexobj(g) else np.float64)
-    err = np.abs(e64 - g64)
-    allowed = atol + rtol * np.abs(e64)
-    if np.any(err > allowed):
-        idx = np.unravel_index(np.argmax(err - allowed), err.shape)
-        return (f"{where}: differs from the reference by up to {float(err.max()):.3g} "
-                f"(at index {tuple(int(i) for i in idx)}: expected {e64[idx]!r}, got {g64[idx]!r}; "
-                f"tolerance atol={atol:g}, rtol={rtol:g})")
-    return None
+    return mismatch(expected, got, atol=atol, rtol=rtol, what=where)
 
 
 def check_exercise(exercise_id: str, answer: Callable, *, verbose: bool = True) -> ExerciseResult:
@@ -165,4 +145,7 @@ def check_exercise(exercise_id: str, answer: Callable, *, verbose: bool = True) 
         result = ExerciseResult(ex.id, ex.title, PASS, f"matches the reference on {n} cases")
     if verbose:
         print(result)
+    if os.environ.get("NBGRADER_EXECUTION") and not result.passed:
+        # nbgrader (autograde / validate) scores a grade cell by whether it raises
+        raise AssertionError(str(result))
     return result
