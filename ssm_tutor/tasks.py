@@ -110,3 +110,63 @@ def masked_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     if not mask.any():
         raise ValueError("targets has no scored positions (all are IGNORE)")
     return float((logits.argmax(-1)[mask] == targets[mask]).float().mean())
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation helpers (stage 8): accuracy of a model, and accuracy against the sequence length
+# ----------------------------------------------------------------------------------------------
+__all__ += ["model_accuracy", "last_position_logits", "induction_accuracy_by_length"]
+
+
+@torch.no_grad()
+def model_accuracy(model, batch: TaskBatch, batch_size: int = 64) -> float:
+    """masked_accuracy of ``model(inputs)`` on ``batch``, run ``batch_size`` examples at a time."""
+    if not isinstance(batch, TaskBatch):
+        raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+    _check_positive(batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(batch.inputs[i:i + batch_size]) for i in range(0, len(batch.inputs), batch_size)])
+    model.train(was_training)
+    return masked_accuracy(logits, batch.targets)
+
+
+@torch.no_grad()
+def last_position_logits(model, inputs: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
+    """Logits at the last position, (N, L) -> (N, vocab).
+
+    ``recurrent=False`` runs the parallel ``model(inputs)``; ``recurrent=True`` feeds one token at
+    a time through ``model.init_cache`` / ``model.step``, whose memory does not grow with L for an
+    SSM (the way to reach very long sequences on a CPU).
+    """
+    if inputs.dim() != 2:
+        raise ValueError(f"inputs must have shape (N, L), got shape {tuple(inputs.shape)}")
+    if not recurrent:
+        return model(inputs)[:, -1]
+    cache = model.init_cache(inputs.shape[0])
+    for t in range(inputs.shape[1]):
+        logits, cache = model.step(inputs[:, t], cache)
+    return logits
+
+
+def induction_accuracy_by_length(model, lengths, num_examples: int = 32, vocab_size: int = 16, seed: int = 0,
+                                 batch_size: int = 32, recurrent: bool = False) -> dict[int, float]:
+    """Induction-heads accuracy for each sequence length in ``lengths``: {length: accuracy}.
+
+    Each length gets its own seeded batch of ``num_examples`` (seed + length, so adding a length
+    does not change the others); only the last position is scored, so only its logits are computed
+    (see :func:`last_position_logits`).
+    """
+    _check_positive(num_examples=num_examples, batch_size=batch_size)
+    was_training = model.training
+    model.eval()
+    results = {}
+    for length in lengths:
+        batch = induction_heads(num_examples, int(length), vocab_size, seed=seed + int(length))
+        correct = 0
+        for i in range(0, num_examples, batch_size):
+            logits = last_position_logits(model, batch.inputs[i:i + batch_size], recurrent)   # (b, V)
+            correct += int((logits.argmax(-1) == batch.targets[i:i + batch_size, -1]).sum())
+        results[int(length)] = correct / num_examples
+    model.train(was_training)
+    return results

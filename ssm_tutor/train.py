@@ -1,0 +1,372 @@
+"""Stage 8: training a model on the Mamba paper's synthetic tasks.
+
+Notebook: ``notebooks/08_training.ipynb``. Paper: Gu & Dao (2023), Section 4.1 and Appendix E.1.
+
+The loop (:func:`train`) is the whole recipe, readable in one screen:
+
+    for step in 1 … steps:
+        batch  = a fresh seeded batch of the task (never the evaluation batch)
+        loss   = cross-entropy at the scored positions only            (masked_cross_entropy)
+        loss.backward(); clip the gradient norm to `clip`              (exploding-gradient guard)
+        lr     = linear warm-up, then cosine decay to min_lr_ratio·lr  (lr_at)
+        AdamW step (weight decay on matrices, not on norms/biases/A_log/D/Δ-bias)
+        every `eval_every` steps: loss and accuracy on a fixed evaluation batch
+
+Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json`` and
+``COMMAND.txt`` into ``--out``)::
+
+    python -m ssm_tutor.train --task selective_copying --model mamba --steps 400 --out checkpoints/sc_mamba
+    python -m ssm_tutor.train --task induction_heads --model transformer --out checkpoints/ih_transformer
+    python -m ssm_tutor.train --task selective_copying --model ssm --mixer lti --no-gated --out /tmp/s4
+
+``--model mamba`` is :class:`ssm_tutor.mamba.MambaLM` (saved in the Hugging Face Mamba format);
+``transformer`` and ``ssm`` are :mod:`ssm_tutor.baselines` (saved as described there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ssm_tutor import tasks
+from ssm_tutor.tasks import IGNORE, TaskBatch
+
+__all__ = ["lr_at", "masked_cross_entropy", "make_task", "build_model", "train", "save_model", "load_model",
+           "evaluate_checkpoint", "extrapolation", "main", "TASKS", "MODELS", "EVAL_SEED", "EVAL_LENGTHS"]
+
+TASKS = ("selective_copying", "induction_heads")
+MODELS = ("mamba", "transformer", "ssm")
+EVAL_SEED = 10_000_019          # the evaluation batch's seed; training batches use seeds seed·10⁶ + step
+
+
+# ----------------------------------------------------------------------------------------------
+# the two ingredients a learner writes in the notebook's exercises
+# ----------------------------------------------------------------------------------------------
+def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_ratio: float = 0.1) -> float:
+    """Learning rate at ``step`` (1-based): linear warm-up from lr/warmup to lr over ``warmup_steps``,
+    then cosine decay from lr to ``min_lr_ratio · lr`` at ``total_steps``:
+
+        lr_t = lr · t / W                                                     for t ≤ W
+        lr_t = lr · (r + (1 - r) · ½ (1 + cos(π (t - W) / (T - W))))          for W < t ≤ T
+    """
+    if step <= warmup_steps:
+        return lr * step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of -log softmax(logits)[target] over the scored positions (targets != IGNORE) only.
+
+    logits: (N, L, V) float; targets: (N, L) int64 with IGNORE = -100 where not scored.
+    """
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits must have shape (*targets.shape, V) = {tuple(targets.shape)} + (V,), "
+                         f"got {tuple(logits.shape)}")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
+
+
+# ----------------------------------------------------------------------------------------------
+# tasks and models by name
+# ----------------------------------------------------------------------------------------------
+def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8):
+    """A function seed, n -> TaskBatch for the task ``name`` with these sizes."""
+    if name == "selective_copying":
+        return lambda seed, n: tasks.selective_copying(n, seq_len, num_tokens, vocab_size, seed=seed)
+    if name == "induction_heads":
+        return lambda seed, n: tasks.induction_heads(n, seq_len, vocab_size, seed=seed)
+    raise ValueError(f"task must be one of {TASKS}, got {name!r}")
+
+
+def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
+                n_heads: int = 4, max_len: int = 256, pos_encoding: str = "rope", mixer: str = "selective",
+                gated: bool = True) -> nn.Module:
+    """A fresh model: "mamba" (MambaLM), "transformer" (TransformerLM) or "ssm" (SSMLM with mixer/gated)."""
+    from ssm_tutor import baselines
+
+    if name == "mamba":
+        from ssm_tutor.mamba import MambaConfig, MambaLM
+        return MambaLM(MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                                   state_size=d_state))
+    if name == "transformer":
+        return baselines.TransformerLM(vocab_size, d_model, n_layers, n_heads, max_len, pos_encoding)
+    if name == "ssm":
+        return baselines.SSMLM(vocab_size, d_model, n_layers, d_state, mixer=mixer, gated=gated)
+    raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+
+
+def save_model(model: nn.Module, directory) -> None:
+    """HF Mamba format for MambaLM (its save_pretrained); baselines.save_pretrained for the others."""
+    from ssm_tutor import baselines
+
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(directory)
+    else:
+        baselines.save_pretrained(model, directory)
+
+
+def load_model(directory) -> nn.Module:
+    """Load any checkpoint this module writes, choosing the class from config.json's model_type."""
+    from ssm_tutor import baselines
+
+    config_file = Path(directory) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} has no config.json")
+    if json.loads(config_file.read_text()).get("model_type") == "mamba":
+        from ssm_tutor.mamba import MambaLM
+        return MambaLM.from_pretrained(directory).eval()
+    return baselines.load_pretrained(directory)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, batch: TaskBatch, batch_size: int = 64) -> tuple[float, float]:
+    """(loss, accuracy) of ``model`` on ``batch``, in chunks of ``batch_size`` examples."""
+    was_training = model.training
+    model.eval()
+    logits = torch.cat([model(batch.inputs[i:i + batch_size]) for i in range(0, len(batch.inputs), batch_size)])
+    model.train(was_training)
+    return float(masked_cross_entropy(logits, batch.targets)), tasks.masked_accuracy(logits, batch.targets)
+
+
+def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr: float = 3e-3,
+          warmup: int = 40, weight_decay: float = 0.1, clip: float = 1.0, eval_every: int = 50,
+          eval_examples: int = 256, seed: int = 0, progress: bool = True) -> dict:
+    """Train ``model`` in place on ``task`` (seed, n -> TaskBatch); return the log (losses, evaluations)."""
+    torch.manual_seed(seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    eval_batch = task(EVAL_SEED, eval_examples)
+    log = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": [], "eval_accuracy": []}
+    model.train()
+    bar = tqdm(range(1, steps + 1), desc="training", disable=not progress)
+    for step in bar:
+        batch = task(seed * 1_000_000 + step, batch_size)
+        loss = masked_cross_entropy(model(batch.inputs), batch.targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        opt.step()
+        log["step"].append(step); log["loss"].append(round(loss.item(), 5)); log["lr"].append(opt.param_groups[0]["lr"])
+        if step % eval_every == 0 or step == steps:
+            eval_loss, eval_acc = evaluate(model, eval_batch)
+            log["eval_step"].append(step); log["eval_loss"].append(round(eval_loss, 5))
+            log["eval_accuracy"].append(round(eval_acc, 5))
+            bar.set_postfix(loss=f"{loss.item():.3f}", eval_acc=f"{eval_acc:.3f}")
+    model.eval()
+    return log
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+# per-task defaults (paper, Appendix E.1, shrunk to a 2-core CPU)
+TASK_DEFAULTS = {"selective_copying": dict(seq_len=32, vocab_size=10, num_tokens=4),
+                 "induction_heads": dict(seq_len=256, vocab_size=16)}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ssm_tutor.train",
+                                description="Train a model on one of the Mamba paper's synthetic tasks and save it.")
+    p.add_argument("--task", choices=TASKS, help="the task to train on (required unless --evaluate)")
+    p.add_argument("--model", default="mamba", choices=MODELS)
+    p.add_argument("--out", help="checkpoint directory to write (required unless --evaluate)")
+    e = p.add_argument_group("evaluate a saved induction-heads checkpoint at many lengths instead of training")
+    e.add_argument("--evaluate", metavar="DIR", help="checkpoint directory; writes DIR/extrapolation.json")
+    e.add_argument("--lengths", type=_lengths, default=[2 ** k for k in range(5, 15)],
+                   help="comma-separated sequence lengths (default 32,64,…,16384)")
+    e.add_argument("--recurrent", action="store_true", help="evaluate with the recurrent step mode (constant memory)")
+    t = p.add_argument_group("task sizes (defaults depend on --task)")
+    t.add_argument("--seq-len", type=_positive_int, help="selective copying: noise length (32); induction heads: length (256)")
+    t.add_argument("--vocab-size", type=_positive_int, help="tokens, incl. noise/marker or trigger (10 / 16)")
+    t.add_argument("--num-tokens", type=_positive_int, help="selective copying: data tokens to copy (4)")
+    m = p.add_argument_group("model")
+    m.add_argument("--d-model", type=_positive_int, default=64)
+    m.add_argument("--n-layers", type=_positive_int, default=2)
+    m.add_argument("--d-state", type=_positive_int, default=8, help="SSM state size N (mamba, ssm)")
+    m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer)")
+    m.add_argument("--pos-encoding", default="rope", choices=("rope", "learned", "sinusoidal"), help="(transformer)")
+    m.add_argument("--mixer", default="selective", choices=("selective", "lti"), help="(ssm)")
+    m.add_argument("--gated", default=True, action=argparse.BooleanOptionalAction, help="(ssm) gate with SiLU(z)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=_positive_int, default=400)
+    o.add_argument("--batch-size", type=_positive_int, default=32)
+    o.add_argument("--lr", type=_positive_float, default=3e-3)
+    o.add_argument("--warmup", type=_non_negative_int, default=40)
+    o.add_argument("--weight-decay", type=_non_negative_float, default=0.1)
+    o.add_argument("--clip", type=_positive_float, default=1.0, help="max gradient norm")
+    o.add_argument("--eval-every", type=_positive_int, default=50)
+    o.add_argument("--eval-examples", type=_positive_int, default=256)
+    o.add_argument("--seed", type=_non_negative_int, default=0)
+    o.add_argument("--threads", type=_positive_int, default=1,
+                   help="torch CPU threads (1: these tiny models gain nothing from more, and lose a lot on a busy CPU)")
+    o.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def _lengths(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 3:
+        raise argparse.ArgumentTypeError(f"every length must be at least 3, got {text!r}")
+    return values
+
+
+def extrapolation(directory, lengths, num_examples: int = 64, recurrent: bool = False, batch_size: int = 64) -> dict:
+    """Induction-heads accuracy of a saved checkpoint at each length: {"lengths": […], "accuracy": […]}."""
+    log = json.loads((Path(directory) / "train_log.json").read_text())
+    if log["task"]["name"] != "induction_heads":
+        raise ValueError(f"{directory} was trained on {log['task']['name']!r}, not induction_heads")
+    model = load_model(directory)
+    acc = tasks.induction_accuracy_by_length(model, lengths, num_examples, log["task"]["vocab_size"],
+                                             seed=EVAL_SEED, batch_size=batch_size, recurrent=recurrent)
+    return {"lengths": list(acc), "accuracy": list(acc.values()), "num_examples": num_examples,
+            "train_length": log["task"]["seq_len"], "recurrent": recurrent}
+
+
+EVAL_LENGTHS = (32, 128, 512)   # induction heads: the standard evaluation's lengths
+
+
+def evaluate_checkpoint(directory, num_examples: int = 128) -> dict:
+    """The standard evaluation of a saved checkpoint on the seeded evaluation set (seed EVAL_SEED),
+    what the notebook prints and ``eval.json`` records:
+
+    selective copying: {"accuracy": …} over the copied tokens (num_examples · num_tokens of them);
+    induction heads:   {"accuracy@L": …} for L in EVAL_LENGTHS, num_examples // 2 examples each.
+    """
+    log = json.loads((Path(directory) / "train_log.json").read_text())
+    sizes = {k: v for k, v in log["task"].items() if k != "name"}
+    model = load_model(directory)
+    torch.manual_seed(0)
+    if log["task"]["name"] == "selective_copying":
+        batch = make_task("selective_copying", **sizes)(EVAL_SEED, num_examples)
+        return {"accuracy": tasks.model_accuracy(model, batch)}
+    acc = tasks.induction_accuracy_by_length(model, EVAL_LENGTHS, num_examples // 2, sizes["vocab_size"],
+                                             seed=EVAL_SEED)
+    return {f"accuracy@{n}": a for n, a in acc.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command line: train and save (or, with --evaluate, measure a saved checkpoint at many lengths)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)                  # leave the caller's setting as it was
+
+
+def _run(args, argv):
+    p = parser()
+    if args.evaluate:
+        directory = Path(args.evaluate)
+        if not (directory / "train_log.json").is_file():
+            p.error(f"argument --evaluate: {str(directory)!r} is not a checkpoint written by this command "
+                    f"(no train_log.json)")
+        start = time.perf_counter()
+        result = extrapolation(directory, args.lengths, args.eval_examples, args.recurrent)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        result["command"] = "python -m ssm_tutor.train " + shlex.join(argv)
+        (directory / "extrapolation.json").write_text(json.dumps(result) + "\n")
+        print(" ".join(f"{n}:{a:.2f}" for n, a in zip(result["lengths"], result["accuracy"])))
+        return result
+    missing = [flag for flag, value in (("--task", args.task), ("--out", args.out)) if value is None]
+    if missing:
+        p.error(f"the following arguments are required: {', '.join(missing)} (or --evaluate DIR)")
+    if args.task == "induction_heads" and args.num_tokens is not None:
+        p.error("argument --num-tokens: only selective_copying has tokens to copy")
+    sizes = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in TASK_DEFAULTS[args.task].items()}
+    if args.warmup >= args.steps:
+        p.error(f"argument --warmup: must be smaller than --steps ({args.steps}), got {args.warmup}")
+    if args.model == "transformer" and args.d_model % args.n_heads:
+        p.error(f"argument --n-heads: must divide --d-model ({args.d_model}), got {args.n_heads}")
+    try:
+        task = make_task(args.task, **sizes)
+        task(0, 1)                                  # let the generator check the sizes now
+    except ValueError as err:
+        p.error(f"task sizes: {err}")
+    torch.manual_seed(args.seed)
+    length = sizes["seq_len"] + (sizes["num_tokens"] if args.task == "selective_copying" else 0)
+    model = build_model(args.model, sizes["vocab_size"], d_model=args.d_model, n_layers=args.n_layers,
+                        d_state=args.d_state, n_heads=args.n_heads, max_len=length,
+                        pos_encoding=args.pos_encoding, mixer=args.mixer, gated=args.gated)
+    start = time.perf_counter()
+    log = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
+                eval_examples=args.eval_examples, seed=args.seed, progress=not args.no_progress)
+    log["seconds"] = round(time.perf_counter() - start, 1)
+    log["task"] = {"name": args.task, **sizes}
+    log["args"] = vars(args)
+    log["parameters"] = sum(p.numel() for p in model.parameters())
+    out = Path(args.out)
+    save_model(model, out)
+    (out / "train_log.json").write_text(json.dumps(log) + "\n")
+    (out / "COMMAND.txt").write_text("python -m ssm_tutor.train " + shlex.join(argv) + "\n")
+    (out / "eval.json").write_text(json.dumps(evaluate_checkpoint(out)) + "\n")
+    print(f"saved {args.model} to {out}: final eval accuracy {log['eval_accuracy'][-1]:.3f} "
+          f"after {args.steps} steps ({log['seconds']} s)")
+    return log
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Specifications of the stage-8 baselines: the Transformer with a KV cache and the generic SSM LM."""
+
+import pytest
+import torch
+
+from ssm_tutor.baselines import (SSMLM, KVCache, TransformerLM, cache_nbytes, causal_fft_conv, load_pretrained,
+                                 lti_kernel, rope, save_pretrained)
+from ssm_tutor.selective import selective_scan_ref
+
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.float64: dict(atol=1e-10, rtol=1e-9)}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is as fast, and far faster on a CPU shared with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run_steps(model, ids, cache):
+    return torch.stack([model.step(ids[:, t], cache)[0] for t in range(ids.shape[1])], dim=1)
+
+
+@pytest.mark.parametrize("pos_encoding", ["rope", "learned", "sinusoidal"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transformer_kv_cache_step_equals_forward(pos_encoding, dtype):
+    torch.manual_seed(1)
+    model = TransformerLM(11, d_model=24, n_layers=2, n_heads=3 if pos_encoding != "rope" else 4,
+                          max_len=12, pos_encoding=pos_encoding).to(dtype).eval()
+    ids = torch.randint(0, 11, (3, 12))
+    with torch.no_grad():
+        full = model(ids)                                   # (3, 12, 11)
+        cache = model.init_cache(3, capacity=5)             # too small on purpose: it must grow
+        stepped = _run_steps(model, ids, cache)
+    torch.testing.assert_close(stepped, full, **TOL[dtype])
+    assert cache.length == 12
+
+
+@pytest.mark.parametrize("mixer", ["selective", "lti"])
+@pytest.mark.parametrize("gated", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ssm_recurrent_step_equals_forward(mixer, gated, dtype):
+    torch.manual_seed(2)
+    model = SSMLM(9, d_model=16, n_layers=2, d_state=4, mixer=mixer, gated=gated).to(dtype).eval()
+    ids = torch.randint(0, 9, (2, 17))
+    with torch.no_grad():
+        full = model(ids)
+        stepped = _run_steps(model, ids, model.init_cache(2))
+    torch.testing.assert_close(stepped, full, **TOL[dtype])
+
+
+@pytest.mark.parametrize("length", [1, 7, 64])
+def test_lti_convolution_equals_selective_scan_with_constant_parameters(length):
+    """The LTI mixer is the selective scan with Δ, B, C held constant: the FFT convolution with
+    K[d, k] = Σ_n C Δ B exp(Δ A k) must equal the reference scan's recurrence."""
+    torch.manual_seed(3)
+    b, d, n = 2, 5, 3
+    u = torch.randn(b, d, length, dtype=torch.float64)
+    A = -torch.rand(d, n, dtype=torch.float64) * 3
+    B, C = torch.randn(d, n, dtype=torch.float64), torch.randn(d, n, dtype=torch.float64)
+    delta = torch.rand(d, dtype=torch.float64) * 0.5 + 0.01
+    y_conv = causal_fft_conv(u, lti_kernel(A, B, C, delta, length))
+    # the scan with one group per channel: B, C of shape (b, g = d, n, l), Δ of shape (b, d, l)
+    expand = lambda M: M[None, :, :, None].expand(b, d, n, length).contiguous()
+    y_scan = selective_scan_ref(u, delta[None, :, None].expand(b, d, length).contiguous(), A, expand(B), expand(C))
+    torch.testing.assert_close(y_conv, y_scan, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("make", [lambda: TransformerLM(7, 16, 2, 2, 10),
+                                  lambda: SSMLM(7, 16, 2, mixer="selective"),
+                                  lambda: SSMLM(7, 16, 2, mixer="lti", gated=False)])
+def test_models_are_causal(make):
+    torch.manual_seed(4)
+    model = make().eval()
+    ids = torch.randint(0, 7, (2, 10))
+    changed = ids.clone()
+    changed[:, 6:] = (changed[:, 6:] + 1) % 7
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :6], b[:, :6])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+
+def test_rope_scores_depend_only_on_the_offset():
+    torch.manual_seed(5)
+    q, k = torch.randn(1, 1, 1, 8, dtype=torch.float64), torch.randn(1, 1, 1, 8, dtype=torch.float64)
+    score = lambda s, t: (rope(q, torch.tensor([s])) * rope(k, torch.tensor([t]))).sum()
+    torch.testing.assert_close(score(5, 2), score(103, 100))
+    torch.testing.assert_close(score(9, 9), (q * k).sum())
+
+
+def test_kv_cache_grows_with_length_but_ssm_state_does_not():
+    torch.manual_seed(6)
+    tf, ssm = TransformerLM(5, 16, 2, 2, 64).eval(), SSMLM(5, 16, 2).eval()
+    kv, st = tf.init_cache(1), ssm.init_cache(1)
+    sizes = []
+    with torch.no_grad():
+        for t in range(40):
+            tf.step(torch.tensor([t % 5]), kv)
+            ssm.step(torch.tensor([t % 5]), st)
+            sizes.append((cache_nbytes(kv), cache_nbytes(st)))
+    # KV cache: 2 (k and v) · layers · heads · head_dim · 4 bytes per token
+    assert [s[0] for s in sizes] == [2 * 2 * 16 * 4 * (t + 1) for t in range(40)]
+    assert len({s[1] for s in sizes}) == 1 and sizes[0][1] == 2 * (32 * 4 + 32 * 8) * 4
+
+
+def test_learned_positions_refuse_sequences_longer_than_max_len():
+    model = TransformerLM(5, 16, 1, 2, max_len=8, pos_encoding="learned")
+    with pytest.raises(ValueError, match="max_len = 8"):
+        model(torch.zeros(1, 9, dtype=torch.long))
+
+
+@pytest.mark.parametrize("model", [TransformerLM(5, 16, 1, 2, 8), SSMLM(5, 16, 1)], ids=["transformer", "ssm"])
+@pytest.mark.parametrize("bad, error, message", [
+    (torch.zeros(2, 3), TypeError, "integer token ids"),
+    (torch.zeros(3, dtype=torch.long), ValueError, r"\(batch, length\)"),
+    (torch.full((1, 3), 5), ValueError, r"\[0, 5\)"),
+    ([[1, 2]], TypeError, "torch.Tensor"),
+])
+def test_bad_input_ids_are_named(model, bad, error, message):
+    with pytest.raises(error, match=message):
+        model(bad)
+
+
+def test_bad_constructor_arguments_are_named():
+    with pytest.raises(ValueError, match="pos_encoding"):
+        TransformerLM(5, 16, 1, 2, 8, pos_encoding="alibi")
+    with pytest.raises(ValueError, match="divisible by n_heads"):
+        TransformerLM(5, 16, 1, 3, 8)
+    with pytest.raises(ValueError, match="mixer"):
+        SSMLM(5, mixer="s4")
+    with pytest.raises(ValueError, match="d_model must be a positive integer"):
+        SSMLM(5, d_model=0)
+
+
+def test_step_rejects_a_cache_of_another_batch_size():
+    model = TransformerLM(5, 16, 1, 2, 8)
+    with pytest.raises(ValueError, match="batch"):
+        model.step(torch.zeros(3, dtype=torch.long), model.init_cache(2))
+    assert isinstance(model.init_cache(2), KVCache)
+
+
+@pytest.mark.parametrize("make", [lambda: TransformerLM(7, 16, 2, 2, 10, pos_encoding="learned"),
+                                  lambda: SSMLM(7, 16, 2, mixer="lti", gated=False)])
+def test_save_and_load_round_trip(make, tmp_path):
+    torch.manual_seed(7)
+    model = make().eval()
+    save_pretrained(model, tmp_path)
+    loaded = load_pretrained(tmp_path)
+    ids = torch.randint(0, 7, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+    assert loaded.lm_head.weight is loaded.embedding.weight        # still tied
+
+
+def test_loading_a_checkpoint_with_a_missing_key_names_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    save_pretrained(SSMLM(7, 16, 1), tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    del state["layers.0.D"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(KeyError, match="layers.0.D"):
+        load_pretrained(tmp_path)

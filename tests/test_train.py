@@ -1,0 +1,148 @@
+"""Specifications of stage 8: the schedule, the loss, the training loop, the command line and the
+shipped checkpoints."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssm_tutor.baselines import SSMLM, TransformerLM
+from ssm_tutor.tasks import IGNORE
+from ssm_tutor.train import EVAL_SEED, load_model, lr_at, main, make_task, masked_cross_entropy, train
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These models are tiny: one thread is as fast, and far faster on a CPU shared with other work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------- schedule, loss
+def test_lr_warms_up_linearly_then_decays_by_a_cosine_to_the_floor():
+    lr, W, T = 1e-3, 10, 110
+    assert lr_at(1, T, lr, W) == pytest.approx(lr / W)
+    assert lr_at(5, T, lr, W) == pytest.approx(lr / 2)
+    assert lr_at(W, T, lr, W) == pytest.approx(lr)
+    assert lr_at(W + 50, T, lr, W) == pytest.approx(lr * (0.1 + 0.9 * 0.5))   # half-way: cos(π/2) = 0
+    assert lr_at(T, T, lr, W) == pytest.approx(0.1 * lr)
+    after = [lr_at(t, T, lr, W) for t in range(W, T + 1)]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+
+
+def test_masked_cross_entropy_averages_only_the_scored_positions():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7, dtype=torch.float64)
+    targets = torch.full((3, 5), IGNORE)
+    targets[0, 4], targets[1, 2], targets[2, 0] = 3, 6, 0
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)
+    expected = -torch.log_softmax(logits, -1)[rows, cols, targets[rows, cols]].mean()
+    torch.testing.assert_close(masked_cross_entropy(logits, targets).double(), expected)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        masked_cross_entropy(logits[:, :4], targets)
+
+
+# ---------------------------------------------------------------------------------------------- the loop learns
+def _initial_and_final_loss(model, task, **kw):
+    batch = task(EVAL_SEED, 128)
+    with torch.no_grad():
+        before = float(masked_cross_entropy(model(batch.inputs), batch.targets))
+    log = train(model, task, progress=False, eval_examples=128, **kw)
+    return before, log["eval_loss"][-1], log
+
+
+def test_short_training_on_selective_copying_lowers_the_loss_substantially():
+    torch.manual_seed(0)
+    task = make_task("selective_copying", seq_len=12, vocab_size=5, num_tokens=2)   # 3 data tokens
+    model = TransformerLM(5, d_model=32, n_layers=2, n_heads=4, max_len=14, pos_encoding="learned")
+    before, after, log = _initial_and_final_loss(model, task, steps=150, warmup=10, lr=3e-3, eval_every=50, seed=0)
+    assert before == pytest.approx(math.log(5), abs=0.3)          # untrained: about uniform over the vocabulary
+    assert after < 0.5 * math.log(3), f"loss {before:.3f} -> {after:.3f}: below half of chance (ln 3) expected"
+    assert log["eval_accuracy"][-1] > 0.8
+
+
+def test_short_training_on_induction_heads_lowers_the_loss_substantially():
+    torch.manual_seed(0)
+    task = make_task("induction_heads", seq_len=16, vocab_size=6)
+    model = SSMLM(6, d_model=32, n_layers=2, d_state=4, mixer="selective")
+    before, after, log = _initial_and_final_loss(model, task, steps=110, warmup=10, lr=1e-2, eval_every=55, seed=0)
+    assert before == pytest.approx(math.log(6), abs=0.3)
+    assert after < 0.3 * math.log(5), f"loss {before:.3f} -> {after:.3f}: below 0.3 × chance (ln 5) expected"
+    assert log["eval_accuracy"][-1] > 0.9
+
+
+def test_training_is_seeded():
+    task = make_task("induction_heads", seq_len=8, vocab_size=4)
+    logs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = SSMLM(4, d_model=8, n_layers=1, d_state=2, mixer="lti")
+        logs.append(train(model, task, steps=4, warmup=1, eval_every=2, eval_examples=8, progress=False, seed=3))
+    assert logs[0]["loss"] == logs[1]["loss"] and logs[0]["eval_loss"] == logs[1]["eval_loss"]
+
+
+# ---------------------------------------------------------------------------------------------- command line
+def test_command_writes_a_checkpoint_its_log_and_its_command(tmp_path):
+    argv = ["--task", "induction_heads", "--model", "ssm", "--mixer", "lti", "--no-gated", "--seq-len", "8",
+            "--vocab-size", "4", "--d-model", "8", "--n-layers", "1", "--d-state", "2", "--steps", "3",
+            "--warmup", "1", "--eval-every", "2", "--eval-examples", "8", "--no-progress", "--out", str(tmp_path)]
+    main(argv)
+    assert (tmp_path / "COMMAND.txt").read_text().startswith("python -m ssm_tutor.train --task induction_heads")
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["step"] == [1, 2, 3] and log["eval_step"] == [2, 3] and log["task"]["seq_len"] == 8
+    model = load_model(tmp_path)
+    assert isinstance(model, SSMLM) and model.config["mixer"] == "lti" and model.config["gated"] is False
+    result = main(["--evaluate", str(tmp_path), "--lengths", "8,16", "--eval-examples", "4", "--recurrent"])
+    assert result["lengths"] == [8, 16] and all(0 <= a <= 1 for a in result["accuracy"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "copying", "--out", "x"], "argument --task: invalid choice: 'copying'"),
+    (["--task", "induction_heads", "--model", "rnn", "--out", "x"], "argument --model: invalid choice: 'rnn'"),
+    (["--task", "induction_heads", "--steps", "0", "--out", "x"], "argument --steps: expected a positive integer, got 0"),
+    (["--task", "induction_heads", "--d-model", "-4", "--out", "x"], "argument --d-model: expected a positive integer"),
+    (["--task", "induction_heads", "--lr", "abc", "--out", "x"], "argument --lr: expected a positive number, got 'abc'"),
+    (["--task", "induction_heads", "--steps", "10", "--warmup", "10", "--out", "x"], "--warmup: must be smaller than --steps"),
+    (["--task", "selective_copying", "--seq-len", "4", "--num-tokens", "6", "--out", "x"],
+     "num_tokens \\(6\\) must be at most seq_len \\(4\\)"),
+    (["--task", "induction_heads", "--model", "transformer", "--n-heads", "3", "--out", "x"],
+     "--n-heads: must divide --d-model"),
+    (["--task", "induction_heads"], "required: --out"),
+    (["--task", "induction_heads", "--num-tokens", "4", "--out", "x"], "--num-tokens: only selective_copying"),
+    (["--evaluate", "/nonexistent/dir"], "not a checkpoint written by this command"),
+    (["--evaluate", "x", "--lengths", "64,abc"], "argument --lengths: expected comma-separated positive integers"),
+])
+def test_bad_arguments_give_clear_messages(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m ssm_tutor.train")
+    assert __import__("re").search(message, err), err
+
+
+# ---------------------------------------------------------------------------------------------- shipped checkpoints
+def _shipped():
+    return sorted(p.parent for p in CHECKPOINTS.glob("*/eval.json"))
+
+
+@pytest.mark.parametrize("directory", _shipped(), ids=lambda p: p.name)
+def test_shipped_checkpoint_reproduces_its_recorded_accuracy(directory):
+    """Every committed checkpoint loads, and its accuracy on the seeded evaluation set is the one
+    recorded next to it (the number the notebook prints)."""
+    from ssm_tutor.train import evaluate_checkpoint
+
+    recorded = json.loads((directory / "eval.json").read_text())
+    measured = evaluate_checkpoint(directory)
+    assert measured == pytest.approx(recorded, abs=1e-9)
+    assert (directory / "COMMAND.txt").read_text().startswith("python -m ssm_tutor.train")
+
+
+def test_shipped_checkpoints_exist():
+    assert len(_shipped()) >= 2, f"no shipped checkpoints with eval.json under {CHECKPOINTS}"
