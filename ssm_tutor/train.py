@@ -18,6 +18,8 @@ Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json``
     python -m ssm_tutor.train --task selective_copying --model mamba --steps 400 --out checkpoints/sc_mamba
     python -m ssm_tutor.train --task induction_heads --model transformer --out checkpoints/ih_transformer
     python -m ssm_tutor.train --task selective_copying --model ssm --mixer lti --no-gated --out /tmp/s4
+    # a curriculum: continue a length-64 checkpoint at length 256 (the model flags must match it)
+    python -m ssm_tutor.train --task induction_heads --seq-len 256 --init-from checkpoints/ih_mamba_64 --out /tmp/ih256
 
 ``--model mamba`` is :class:`ssm_tutor.mamba.MambaLM` (saved in the Hugging Face Mamba format);
 ``transformer`` and ``ssm`` are :mod:`ssm_tutor.baselines` (saved as described there).
@@ -90,14 +92,17 @@ def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8):
 
 def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
                 n_heads: int = 4, max_len: int = 256, pos_encoding: str = "rope", mixer: str = "selective",
-                gated: bool = True) -> nn.Module:
-    """A fresh model: "mamba" (MambaLM), "transformer" (TransformerLM) or "ssm" (SSMLM with mixer/gated)."""
+                gated: bool = True, dt_min: float = 0.001, dt_max: float = 0.1) -> nn.Module:
+    """A fresh model: "mamba" (MambaLM), "transformer" (TransformerLM) or "ssm" (SSMLM with mixer/gated).
+
+    ``dt_min``, ``dt_max`` (mamba): the range Δ = softplus(dt_proj bias) starts in (log-uniform per channel).
+    """
     from ssm_tutor import baselines
 
     if name == "mamba":
         from ssm_tutor.mamba import MambaConfig, MambaLM
         return MambaLM(MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
-                                   state_size=d_state))
+                                   state_size=d_state, time_step_min=dt_min, time_step_max=dt_max))
     if name == "transformer":
         return baselines.TransformerLM(vocab_size, d_model, n_layers, n_heads, max_len, pos_encoding)
     if name == "ssm":
@@ -240,6 +245,9 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--d-model", type=_positive_int, default=64)
     m.add_argument("--n-layers", type=_positive_int, default=2)
     m.add_argument("--d-state", type=_positive_int, default=8, help="SSM state size N (mamba, ssm)")
+    m.add_argument("--dt-min", type=_positive_float, default=0.001,
+                   help="(mamba) smallest initial Δ; a smaller one starts some channels with a longer memory")
+    m.add_argument("--dt-max", type=_positive_float, default=0.1, help="(mamba) largest initial Δ")
     m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer)")
     m.add_argument("--pos-encoding", default="rope", choices=("rope", "learned", "sinusoidal"), help="(transformer)")
     m.add_argument("--mixer", default="selective", choices=("selective", "lti"), help="(ssm)")
@@ -254,6 +262,9 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--eval-every", type=_positive_int, default=50)
     o.add_argument("--eval-examples", type=_positive_int, default=256)
     o.add_argument("--seed", type=_non_negative_int, default=0)
+    o.add_argument("--init-from", metavar="DIR",
+                   help="start from this checkpoint's weights instead of a fresh initialisation (a curriculum: "
+                        "train at a short length first, then continue at a longer one); the model flags must match it")
     o.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (1: these tiny models gain nothing from more, and lose a lot on a busy CPU)")
     o.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -316,6 +327,22 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(threads)                  # leave the caller's setting as it was
 
 
+def _load_weights_into(model: nn.Module, directory, p: argparse.ArgumentParser) -> None:
+    """--init-from: copy a saved checkpoint's weights into the freshly built ``model`` (same architecture)."""
+    if not (Path(directory) / "config.json").is_file():
+        p.error(f"argument --init-from: {str(directory)!r} is not a checkpoint directory (no config.json)")
+    source = load_model(directory)
+    if type(source) is not type(model):
+        p.error(f"argument --init-from: {str(directory)!r} holds a {type(source).__name__}, "
+                f"but --model builds a {type(model).__name__}")
+    theirs, ours = source.state_dict(), model.state_dict()
+    mismatched = [k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape]
+    if mismatched or set(theirs) - set(ours):
+        p.error(f"argument --init-from: {str(directory)!r} does not match the model flags "
+                f"(--d-model, --n-layers, --d-state, …): differing weights {sorted(mismatched or set(theirs) - set(ours))[:4]}")
+    model.load_state_dict(theirs)
+
+
 def _run(args, argv):
     p = parser()
     if args.evaluate:
@@ -338,6 +365,8 @@ def _run(args, argv):
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in TASK_DEFAULTS[args.task].items()}
     if args.warmup >= args.steps:
         p.error(f"argument --warmup: must be smaller than --steps ({args.steps}), got {args.warmup}")
+    if args.dt_min > args.dt_max:
+        p.error(f"argument --dt-min: must be at most --dt-max ({args.dt_max}), got {args.dt_min}")
     if args.model == "transformer" and args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model ({args.d_model}), got {args.n_heads}")
     try:
@@ -349,7 +378,10 @@ def _run(args, argv):
     length = sizes["seq_len"] + (sizes["num_tokens"] if args.task == "selective_copying" else 0)
     model = build_model(args.model, sizes["vocab_size"], d_model=args.d_model, n_layers=args.n_layers,
                         d_state=args.d_state, n_heads=args.n_heads, max_len=length,
-                        pos_encoding=args.pos_encoding, mixer=args.mixer, gated=args.gated)
+                        pos_encoding=args.pos_encoding, mixer=args.mixer, gated=args.gated,
+                        dt_min=args.dt_min, dt_max=args.dt_max)
+    if args.init_from is not None:
+        _load_weights_into(model, args.init_from, p)
     start = time.perf_counter()
     log = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                 weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,

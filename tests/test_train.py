@@ -102,6 +102,47 @@ def test_command_writes_a_checkpoint_its_log_and_its_command(tmp_path):
     assert result["lengths"] == [8, 16] and all(0 <= a <= 1 for a in result["accuracy"])
 
 
+def _tiny_ssm_checkpoint(directory, d_model="8"):
+    main(["--task", "induction_heads", "--model", "ssm", "--seq-len", "8", "--vocab-size", "4", "--d-model", d_model,
+          "--n-layers", "1", "--d-state", "2", "--steps", "2", "--warmup", "1", "--eval-every", "2",
+          "--eval-examples", "4", "--no-progress", "--out", str(directory)])
+
+
+def test_init_from_continues_from_the_saved_weights(tmp_path, monkeypatch):
+    """--init-from (a curriculum: short sequences first): the new run starts from the saved weights."""
+    import ssm_tutor.train as train_module
+
+    _tiny_ssm_checkpoint(tmp_path / "stage1")
+    saved = load_model(tmp_path / "stage1").state_dict()
+    seen = {}
+
+    def spy(model, task, **kw):          # record the weights the training loop starts from
+        seen.update({k: v.clone() for k, v in model.state_dict().items()})
+        return train(model, task, **kw)
+
+    monkeypatch.setattr(train_module, "train", spy)
+    _tiny_ssm_checkpoint(tmp_path / "stage2")                     # fresh: differs from stage 1
+    assert any(not torch.equal(seen[k], saved[k]) for k in saved)
+    main(["--task", "induction_heads", "--model", "ssm", "--seq-len", "16", "--vocab-size", "4", "--d-model", "8",
+          "--n-layers", "1", "--d-state", "2", "--steps", "2", "--warmup", "1", "--eval-every", "2",
+          "--eval-examples", "4", "--no-progress", "--init-from", str(tmp_path / "stage1"), "--out", str(tmp_path / "stage3")])
+    assert seen.keys() == saved.keys() and all(torch.equal(seen[k], saved[k]) for k in saved)
+    assert "--init-from" in (tmp_path / "stage3" / "COMMAND.txt").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "mamba"], "holds a SSMLM, but --model builds a MambaLM"),
+    (["--model", "ssm", "--d-model", "16"], "does not match the model flags"),
+])
+def test_init_from_a_different_architecture_is_refused(tmp_path, capsys, flags, message):
+    _tiny_ssm_checkpoint(tmp_path / "stage1")
+    argv = ["--task", "induction_heads", "--seq-len", "8", "--vocab-size", "4", "--n-layers", "1", "--d-state", "2",
+            "--steps", "2", "--warmup", "1", "--init-from", str(tmp_path / "stage1"), "--out", str(tmp_path / "x"), *flags]
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--task", "copying", "--out", "x"], "argument --task: invalid choice: 'copying'"),
     (["--task", "induction_heads", "--model", "rnn", "--out", "x"], "argument --model: invalid choice: 'rnn'"),
@@ -117,6 +158,10 @@ def test_command_writes_a_checkpoint_its_log_and_its_command(tmp_path):
     (["--task", "induction_heads", "--num-tokens", "4", "--out", "x"], "--num-tokens: only selective_copying"),
     (["--evaluate", "/nonexistent/dir"], "not a checkpoint written by this command"),
     (["--evaluate", "x", "--lengths", "64,abc"], "argument --lengths: expected comma-separated positive integers"),
+    (["--task", "induction_heads", "--init-from", "/nonexistent/dir", "--out", "x"],
+     "argument --init-from: '/nonexistent/dir' is not a checkpoint directory"),
+    (["--task", "induction_heads", "--dt-min", "0.5", "--dt-max", "0.1", "--out", "x"],
+     "argument --dt-min: must be at most --dt-max"),
 ])
 def test_bad_arguments_give_clear_messages(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -142,6 +187,24 @@ def test_shipped_checkpoint_reproduces_its_recorded_accuracy(directory):
     measured = evaluate_checkpoint(directory)
     assert measured == pytest.approx(recorded, abs=1e-9)
     assert (directory / "COMMAND.txt").read_text().startswith("python -m ssm_tutor.train")
+
+
+def _extrapolated():
+    return sorted(p.parent for p in CHECKPOINTS.glob("*/extrapolation.json"))
+
+
+@pytest.mark.parametrize("directory", _extrapolated(), ids=lambda p: p.name)
+def test_shipped_extrapolation_reproduces_at_four_times_the_training_length(directory):
+    """The long-length curve the notebook plots is read from extrapolation.json; re-measure one of its
+    points (4 × the training length, a few seconds) with the recorded settings. Each length has its own
+    seeded batch, so one point can be measured alone."""
+    from ssm_tutor.train import extrapolation
+
+    recorded = json.loads((directory / "extrapolation.json").read_text())
+    length = 4 * recorded["train_length"]
+    assert length in recorded["lengths"], f"{directory.name}: no point at 4 × the training length"
+    measured = extrapolation(directory, [length], recorded["num_examples"], recorded["recurrent"])
+    assert measured["accuracy"] == [recorded["accuracy"][recorded["lengths"].index(length)]]
 
 
 def test_shipped_checkpoints_exist():
