@@ -15,13 +15,7 @@ from ssm_tutor.train import EVAL_SEED, load_model, lr_at, main, make_task, maske
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is as fast, and far faster on a CPU shared with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see tests/conftest.py
 
 
 # ---------------------------------------------------------------------------------------------- schedule, loss
