@@ -389,7 +389,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, dt, A, Bg, Cg, chunk_size):
         b, d, l = u.shape
-        n, g = A.shape[1], Bg.shape[1]
+        n = A.shape[1]
         T = min(chunk_size, l)
         with _intra_op_threads(_threads_for(b * d * n)):
             BT = Bg.permute(3, 0, 1, 2).contiguous()                                   # (l, b, g, n)

@@ -9,6 +9,7 @@ import scipy.signal
 import torch
 from hypothesis import given, settings, strategies as st
 
+from stable_systems import random_stable_AB
 from ssm_tutor.convolution import (
     LTISSM, causal_conv, causal_conv_direct, hippo_legs, hippo_legs_memory, legendre_reconstruct,
     s4d_kernel, s4d_lin, s4d_real, ssm_kernel,
@@ -18,18 +19,12 @@ from ssm_tutor.discretize import recurrence, recurrence_diag, zoh, zoh_diag
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-4, rtol=1e-4)}
 
 
-def random_stable(n, p, seed):
-    rng = np.random.default_rng(seed)
-    A = rng.standard_normal((n, n)) / math.sqrt(n)
-    A -= (np.max(np.linalg.eigvals(A).real) + 0.2) * np.eye(n)
-    return A, rng.standard_normal((n, p))
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n,p,q", [(1, 1, 1), (4, 1, 1), (5, 2, 3)])
 def test_ssm_kernel_matches_scipy_dimpulse(n, p, q, dtype):
     # dimpulse of (Ā, B̄, C, 0) gives y[0] = 0, y[l+1] = C Ā^l B̄: our K_l, one column per input
-    A, B = random_stable(n, p, seed=n)
+    A, B = random_stable_AB(n, p, seed=n)
     Ad, Bd = (m.numpy() for m in zoh(torch.tensor(A), torch.tensor(B), 0.3))
     C = np.random.default_rng(1).standard_normal((q, n))
     L = 40
@@ -42,7 +37,7 @@ def test_ssm_kernel_matches_scipy_dimpulse(n, p, q, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_convolution_with_the_kernel_equals_the_recurrence_dense_siso(dtype):
-    A, B = random_stable(6, 1, seed=3)
+    A, B = random_stable_AB(6, 1, seed=3)
     Ad, Bd = zoh(torch.tensor(A, dtype=dtype), torch.tensor(B, dtype=dtype), 0.1)
     C = torch.randn(1, 6, dtype=dtype)
     u = torch.randn(200, dtype=dtype)

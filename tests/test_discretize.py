@@ -8,6 +8,7 @@ import scipy.signal
 import torch
 from hypothesis import given, settings, strategies as st
 
+from stable_systems import random_stable_AB
 from ssm_tutor.continuous import mass_spring_damper
 from ssm_tutor.discretize import (
     DIAG_METHODS, METHODS, bilinear, convergence_order, euler, euler_diag, mamba_diag,
@@ -16,14 +17,7 @@ from ssm_tutor.discretize import (
 
 SIZES = [(1, 1), (3, 1), (5, 2), (8, 3)]  # (n, p)
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-8), torch.float32: dict(atol=1e-5, rtol=1e-4)}
-SCIPY_NAME = {"zoh": "zoh", "bilinear": "bilinear", "euler": "euler"}
 
-
-def random_AB(n, p, seed):
-    rng = np.random.default_rng(seed)
-    A = rng.standard_normal((n, n)) / math.sqrt(n)
-    A -= (np.max(np.linalg.eigvals(A).real) + 0.2) * np.eye(n)
-    return A, rng.standard_normal((n, p))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -31,9 +25,9 @@ def random_AB(n, p, seed):
 @pytest.mark.parametrize("n,p", SIZES)
 @pytest.mark.parametrize("method", ["zoh", "bilinear", "euler"])
 def test_dense_discretization_matches_scipy_cont2discrete(method, n, p, dt, dtype):
-    A, B = random_AB(n, p, seed=n * 31 + p)
+    A, B = random_stable_AB(n, p, seed=n * 31 + p)
     C, D = np.ones((1, n)), np.zeros((1, p))
-    Ad_ref, Bd_ref, *_ = scipy.signal.cont2discrete((A, B, C, D), dt, method=SCIPY_NAME[method])
+    Ad_ref, Bd_ref, *_ = scipy.signal.cont2discrete((A, B, C, D), dt, method=method)
     Ad, Bd = METHODS[method](torch.tensor(A, dtype=dtype), torch.tensor(B, dtype=dtype), dt)
     assert Ad.shape == (n, n) and Bd.shape == (n, p) and Ad.dtype == dtype
     np.testing.assert_allclose(Ad.double().numpy(), Ad_ref, **TOL[dtype])
@@ -58,7 +52,7 @@ def test_diagonal_forms_match_scipy_channel_by_channel(method, dtype):
     assert Ad.shape == (d, n) and Bd.shape == (d, n)
     for c in range(d):
         Ad_ref, Bd_ref, *_ = scipy.signal.cont2discrete(
-            (np.diag(A[c]), np.diag(B[c]), np.eye(n), np.zeros((n, n))), dt[c], method=SCIPY_NAME[method])
+            (np.diag(A[c]), np.diag(B[c]), np.eye(n), np.zeros((n, n))), dt[c], method=method)
         np.testing.assert_allclose(Ad[c].double().numpy(), np.diag(Ad_ref), **TOL[dtype])
         np.testing.assert_allclose(Bd[c].double().numpy(), np.diag(Bd_ref), **TOL[dtype])
 
@@ -102,7 +96,7 @@ def test_mamba_discretization_is_zoh_for_A_and_euler_for_B():
 @given(n=st.integers(1, 6), seed=st.integers(0, 10_000), dt=st.floats(0.01, 2.0))
 def test_zoh_is_a_semigroup(n, seed, dt):
     # two steps of dt are one step of 2 dt: Ā(2dt) = Ā(dt)², B̄(2dt) = Ā(dt) B̄(dt) + B̄(dt)
-    A, B = (torch.tensor(m) for m in random_AB(n, 2, seed))
+    A, B = (torch.tensor(m) for m in random_stable_AB(n, 2, seed))
     Ad1, Bd1 = zoh(A, B, dt)
     Ad2, Bd2 = zoh(A, B, 2 * dt)
     torch.testing.assert_close(Ad2, Ad1 @ Ad1, atol=1e-10, rtol=1e-8)
@@ -112,7 +106,7 @@ def test_zoh_is_a_semigroup(n, seed, dt):
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 6), seed=st.integers(0, 10_000), dt=st.floats(0.01, 100.0))
 def test_zoh_and_bilinear_keep_a_stable_system_stable_at_any_step(n, seed, dt):
-    A, B = (torch.tensor(m) for m in random_AB(n, 1, seed))
+    A, B = (torch.tensor(m) for m in random_stable_AB(n, 1, seed))
     for method in (zoh, bilinear):
         Ad, _ = method(A, B, dt)
         assert torch.linalg.eigvals(Ad).abs().max() < 1
@@ -130,7 +124,7 @@ def test_euler_turns_a_stable_system_unstable_when_dt_is_too_large():
 def test_recurrence_matches_scipy_dlsim(n, p, q, dtype):
     # ours: x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k + D u_k; in dlsim's form (state x_{k-1}):
     # x'_{k+1} = Ā x'_k + B̄ u_k, y_k = (C Ā) x'_k + (C B̄ + D) u_k
-    A, B = random_AB(n, p, seed=n)
+    A, B = random_stable_AB(n, p, seed=n)
     Ad, Bd = zoh(torch.tensor(A), torch.tensor(B), 0.2)
     Ad, Bd = Ad.numpy(), Bd.numpy()
     rng = np.random.default_rng(2)
