@@ -50,6 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssm_tutor.scan import selective_scan
+
 __all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "check_input_ids",
            "save_pretrained", "load_pretrained", "lti_kernel"]
 
@@ -276,16 +278,6 @@ def causal_fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     return y[..., :l]
 
 
-def _selective_scan():
-    """The fastest available selective scan with the official signature (stage 5 if present)."""
-    try:
-        from ssm_tutor.scan import selective_scan
-        return selective_scan
-    except Exception:   # stage 5 not available: the readable reference
-        from ssm_tutor.selective import selective_scan_ref
-        return selective_scan_ref
-
-
 @dataclass
 class SSMCache:
     """Recurrent state of every layer: conv[i] (b, d_inner, d_conv) last inputs, ssm[i] (b, d_inner, N)."""
@@ -335,7 +327,7 @@ class _SSMBlock(nn.Module):
         A = -torch.exp(self.A_log)                                  # (e, N)
         if self.mixer == "selective":
             delta, B, C = self._ssm_params(u.transpose(1, 2))       # (b, l, e), (b, l, N), (b, l, N)
-            y = _selective_scan()(u, delta.transpose(1, 2).contiguous(), A, B.transpose(1, 2).contiguous(),
+            y = selective_scan(u, delta.transpose(1, 2).contiguous(), A, B.transpose(1, 2).contiguous(),
                                   C.transpose(1, 2).contiguous(), self.D)                 # (b, e, l)
         else:
             delta, B, C = self._ssm_params(None)                     # (e,), (e, N), (e, N)

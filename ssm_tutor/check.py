@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["check", "mismatch", "max_abs_error"]
+__all__ = ["check", "mismatch"]
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -24,16 +24,6 @@ def _as_numpy(x) -> np.ndarray:
             x = x.float()
         return x.numpy()
     return np.asarray(x)
-
-
-def max_abs_error(reference, candidate) -> float:
-    """The largest elementwise |reference - candidate|, after checking the shapes agree."""
-    ref, cand = _as_numpy(reference), _as_numpy(candidate)
-    if ref.shape != cand.shape:
-        raise ValueError(f"shape mismatch: reference has shape {ref.shape}, candidate has shape {cand.shape}")
-    if ref.size == 0:
-        return 0.0
-    return float(np.max(np.abs(_widen(ref) - _widen(cand))))
 
 
 def _widen(x: np.ndarray) -> np.ndarray:

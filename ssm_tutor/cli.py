@@ -40,13 +40,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from nbgrader.utils import is_solution as is_solution_cell
+
+from ssm_tutor.exercises import FAIL, NOT_ATTEMPTED, PASS
 
 __all__ = ["make_student_copy", "write_student_copies", "execute_notebook", "collect_results",
            "NotebookReport", "main"]
 
-PASS, FAIL, NOT_ATTEMPTED = "PASS", "FAIL", "NOT ATTEMPTED"
-#: the line ``check_exercise`` prints (see ``ssm_tutor.exercises``)
-RESULT_LINE = re.compile(r"^Exercise (?P<id>\S+) \[(?P<status>PASS|FAIL|NOT ATTEMPTED)\] (?P<rest>.*)$",
+#: the line ``check_exercise`` prints (``ExerciseResult.__str__`` in ``ssm_tutor.exercises``)
+RESULT_LINE = re.compile(rf"^Exercise (?P<id>\S+) \[(?P<status>{PASS}|{FAIL}|{NOT_ATTEMPTED})\] (?P<rest>.*)$",
                          re.MULTILINE)
 CHECK_CALL = re.compile(r"check_exercise\(\s*[\"'](?P<id>[^\"']+)[\"']")
 SOLUTION_START = re.compile(r"^\s*(```+|:::+)\s*\{solution-start\}", re.MULTILINE)
@@ -60,18 +62,6 @@ class UsageError(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-def _nbgrader_meta(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {}) or {}
-
-
-def is_solution_cell(cell) -> bool:
-    return bool(_nbgrader_meta(cell).get("solution", False))
-
-
-def is_grade_cell(cell) -> bool:
-    return bool(_nbgrader_meta(cell).get("grade", False))
-
-
 def read_notebook(path: Path):
     """Read ``path`` as a notebook, or raise UsageError saying what is wrong with it."""
     if not path.exists():

@@ -319,8 +319,8 @@ class _intra_op_threads:
     """Run a block with ``k`` intra-op threads, then restore the previous count.
 
     The fused scan makes a few small tensor operations per time step. Splitting an operation
-    over threads costs a barrier; when one step touches fewer than ~64 K numbers, the barrier
-    costs more than the split saves (and far more when the cores are shared with other
+    over threads costs a barrier; when one step touches few numbers (see ``_threads_for``), the
+    barrier costs more than the split saves (and far more when the cores are shared with other
     processes: measured 4-5x slower on this 2-core box), so small problems run on one thread."""
 
     def __init__(self, k: int):
@@ -544,7 +544,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if method == "reference":
         return selective_scan_ref(*args)
     if method == "triton":
-        validate_scan_args(u, delta, A, B, C, D, z, delta_bias)
+        # shapes only: selective_scan_triton validates again and decides about the NaN check
+        # (off on CUDA, where it would cost a device sync and a second read of every input)
+        validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=False)
         try:
             from ssm_tutor.kernels import selective_scan_triton
         except ImportError as err:

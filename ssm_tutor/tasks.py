@@ -115,12 +115,12 @@ def masked_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 # ----------------------------------------------------------------------------------------------
 # evaluation helpers (stage 8): accuracy of a model, and accuracy against the sequence length
 # ----------------------------------------------------------------------------------------------
-__all__ += ["model_accuracy", "last_position_logits", "induction_accuracy_by_length"]
+__all__ += ["model_logits", "model_accuracy", "last_position_logits", "induction_accuracy_by_length"]
 
 
 @torch.no_grad()
-def model_accuracy(model, batch: TaskBatch, batch_size: int = 64) -> float:
-    """masked_accuracy of ``model(inputs)`` on ``batch``, run ``batch_size`` examples at a time."""
+def model_logits(model, batch: TaskBatch, batch_size: int = 64) -> torch.Tensor:
+    """``model(batch.inputs)`` in eval mode, ``batch_size`` examples at a time: (N, L, vocab)."""
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
     _check_positive(batch_size=batch_size)
@@ -128,7 +128,12 @@ def model_accuracy(model, batch: TaskBatch, batch_size: int = 64) -> float:
     model.eval()
     logits = torch.cat([model(batch.inputs[i:i + batch_size]) for i in range(0, len(batch.inputs), batch_size)])
     model.train(was_training)
-    return masked_accuracy(logits, batch.targets)
+    return logits
+
+
+def model_accuracy(model, batch: TaskBatch, batch_size: int = 64) -> float:
+    """masked_accuracy of ``model(inputs)`` on ``batch``, run ``batch_size`` examples at a time."""
+    return masked_accuracy(model_logits(model, batch, batch_size), batch.targets)
 
 
 @torch.no_grad()

@@ -139,10 +139,7 @@ def load_model(directory) -> nn.Module:
 @torch.no_grad()
 def evaluate(model: nn.Module, batch: TaskBatch, batch_size: int = 64) -> tuple[float, float]:
     """(loss, accuracy) of ``model`` on ``batch``, in chunks of ``batch_size`` examples."""
-    was_training = model.training
-    model.eval()
-    logits = torch.cat([model(batch.inputs[i:i + batch_size]) for i in range(0, len(batch.inputs), batch_size)])
-    model.train(was_training)
+    logits = tasks.model_logits(model, batch, batch_size)                       # (N, L, vocab)
     return float(masked_cross_entropy(logits, batch.targets)), tasks.masked_accuracy(logits, batch.targets)
 
 

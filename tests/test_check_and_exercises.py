@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssm_tutor import check
-from ssm_tutor.exercises import EXERCISES, check_exercise, exercise
+from ssm_tutor.exercises import check_exercise, exercise
 
 
 def test_check_passes_within_tolerance(capsys):
@@ -69,4 +69,11 @@ def test_exercise_not_attempted_and_crash():
 def test_unknown_exercise_is_a_clear_error():
     with pytest.raises(KeyError, match="no chapter"):
         check_exercise("99.7", lambda x: x)
-    assert "99.1" in EXERCISES
+    with pytest.raises(KeyError, match="chapter 02 defines"):
+        check_exercise("02.99", lambda x: x)
+
+
+def test_exercise_without_cases_is_an_error_not_a_pass():
+    exercise("99.2", "an exercise whose generator yields nothing")(lambda: iter(()))
+    with pytest.raises(RuntimeError, match="no test cases"):
+        check_exercise("99.2", lambda x: x)

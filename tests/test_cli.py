@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
+from nbgrader.utils import is_grade
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
@@ -119,9 +120,9 @@ def test_student_copy_keeps_checks_and_exercise_text_and_clears_outputs():
     instructor.cells[1].execution_count = 3
     instructor.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
     student = cli.make_student_copy(instructor)
-    checks = [c.source for c in student.cells if cli.is_grade_cell(c)]
+    checks = [c.source for c in student.cells if is_grade(c)]
     assert checks == ['check_exercise("97.1", square)', 'check_exercise("97.2", add_one)']
-    assert all(c.metadata.get("editable") is False for c in student.cells if cli.is_grade_cell(c))
+    assert all(c.metadata.get("editable") is False for c in student.cells if is_grade(c))
     assert sum("{exercise}" in c.source for c in student.cells) == 2
     assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
                for c in student.cells if c.cell_type == "code")
@@ -187,10 +188,10 @@ def test_nbgrader_scores_unattempted_and_wrong_exercises_zero(tmp_path):
     nb = synthetic_notebook(wrong_answer=True)
     env = dict(os.environ, NBGRADER_EXECUTION="autograde")
     cli.execute_notebook(nb, tmp_path, timeout=120, env=env)
-    grades = [determine_grade(c)[0] for c in nb.cells if cli.is_grade_cell(c)]
+    grades = [determine_grade(c)[0] for c in nb.cells if is_grade(c)]
     assert grades == [1.0, 0.0]
     student = cli.execute_notebook(cli.make_student_copy(synthetic_notebook()), tmp_path, 120, env)
-    assert [determine_grade(c)[0] for c in student.cells if cli.is_grade_cell(c)] == [0.0, 0.0]
+    assert [determine_grade(c)[0] for c in student.cells if is_grade(c)] == [0.0, 0.0]
     report = cli.collect_results(student)
     assert [(e.id, e.status) for e in report.exercises] == [("97.1", cli.NOT_ATTEMPTED),
                                                              ("97.2", cli.NOT_ATTEMPTED)]
@@ -207,7 +208,7 @@ def test_not_attempted_fails_only_with_require_all():
 
 def test_a_grade_cell_that_crashes_counts_as_a_failure():
     nb = synthetic_notebook()
-    grade = next(c for c in nb.cells if cli.is_grade_cell(c))
+    grade = next(c for c in nb.cells if is_grade(c))
     grade.outputs = [nbformat.v4.new_output("error", ename="NameError", evalue="name 'square' is not defined",
                                             traceback=[])]
     report = cli.collect_results(nb)
@@ -225,7 +226,7 @@ def test_notebook_exercises_follow_the_layout(path):
     """Each exercise: {exercise} cell, gated solution-start, nbgrader solution cell with markers,
     solution-end, locked grade cell calling check_exercise; at least two per notebook."""
     cells = nbformat.read(path, as_version=4).cells
-    grades = [i for i, c in enumerate(cells) if cli.is_grade_cell(c)]
+    grades = [i for i, c in enumerate(cells) if is_grade(c)]
     assert len(grades) >= 2, f"{path.name}: expected at least two exercises, found {len(grades)}"
     for g in grades:
         where = f"{path.name} cell {g}"
@@ -273,7 +274,7 @@ def combined_notebook(instructor):
     cells = []
     for i, cell in enumerate(student.cells):
         if cell.cell_type == "code" and cli.is_solution_cell(cell):
-            grade = next(c for c in student.cells[i + 1:] if cli.is_grade_cell(c))
+            grade = next(c for c in student.cells[i + 1:] if is_grade(c))
             solution = copy.deepcopy(solutions[cell.metadata["nbgrader"]["grade_id"]])
             solution.outputs, solution.execution_count = [], None
             cells += [solution, copy.deepcopy(grade)]
@@ -303,7 +304,7 @@ def test_student_copy_runs_to_the_end_and_instructor_solutions_pass(path, execut
     statuses: dict[str, list[str]] = {}
     for e in report.exercises:
         statuses.setdefault(e.id, []).append(e.status)
-    expected_ids = [m for c in nbformat.read(path, as_version=4).cells if cli.is_grade_cell(c)
+    expected_ids = [m for c in nbformat.read(path, as_version=4).cells if is_grade(c)
                     for m in cli.CHECK_CALL.findall(c.source)]
     assert sorted(statuses) == sorted(expected_ids)
     for ex_id, seen in statuses.items():

@@ -47,6 +47,7 @@ def test_stub_is_not_attempted(exercise_id):
 
 
 @pytest.mark.parametrize("exercise_id,wrong", [
+    ("01.1", lambda m, k, c: (lambda A, B, C: (A.T, B, C))(*_msd(m, k, c))),             # A transposed
     ("01.2", lambda A, B, C, t: impulse_response(ContinuousSSM(A.T, B, C), t)),          # transposed A
     ("01.3", lambda A: bool(torch.all(torch.diagonal(A) < 0))),                             # diagonal is not the spectrum
     ("02.1", lambda a, b, dt: (torch.exp(dt * a), dt * b)),                                 # Euler's B̄, not ZOH's

@@ -299,9 +299,10 @@ def test_length_100k_is_finite(method):
     x = scan_inputs(b=1, d=2, l=100_000, n=2, dtype=torch.float32)
     y, h = selective_scan(**x, delta_softplus=True, return_last_state=True, method=method)
     assert y.shape == (1, 2, 100_000) and torch.isfinite(y).all() and torch.isfinite(h).all()
-    # the end of a long sequence still equals the reference run on its tail from the same state
-    torch.testing.assert_close(y[..., :50], selective_scan_ref(**{k: (v[..., :50] if v.dim() == 3 else v)
-                                                                   for k, v in x.items()}, delta_softplus=True))
+    # all 100 000 steps, the end included, equal the plain sequential loop: no drift over chunks
+    y_seq, h_seq = selective_scan(**x, delta_softplus=True, return_last_state=True, method="sequential")
+    torch.testing.assert_close(y, y_seq)
+    torch.testing.assert_close(h, h_seq)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -28,8 +28,6 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-import numpy as np
-
 from ssm_tutor.check import mismatch
 
 __all__ = ["exercise", "check_exercise", "ExerciseResult", "EXERCISES", "compare", "load_chapter"]
@@ -97,7 +95,7 @@ def compare(expected, got, atol: float, rtol: float, where: str = "output") -> s
             if msg:
                 return msg
         return None
-    if isinstance(expected, (bool, int, str)) and not isinstance(expected, np.ndarray):
+    if isinstance(expected, (bool, int, str)):
         return None if got == expected else f"{where}: expected {expected!r}, got {got!r}"
     if got is None:
         return f"{where}: got None (did the function forget to return?)"
@@ -109,13 +107,17 @@ def check_exercise(exercise_id: str, answer: Callable, *, verbose: bool = True) 
 
     Prints (and returns) PASS when every case matches the reference, FAIL with the first
     case that differs and why, or NOT ATTEMPTED while the stub raises NotImplementedError.
-    It never raises, so a notebook with unfinished exercises still runs to the end.
+    A wrong or unfinished answer never raises, so a notebook with unfinished exercises still
+    runs to the end. It raises KeyError for an unknown id, and, under nbgrader (which sets
+    NBGRADER_EXECUTION and scores a grade cell by whether it raises), AssertionError unless PASS.
     """
     chapter = exercise_id.split(".")[0]
     if exercise_id not in EXERCISES:
         try:
             load_chapter(chapter)
-        except ModuleNotFoundError:
+        except ModuleNotFoundError as err:
+            if err.name != f"ssm_tutor.exercises.ch{chapter}":
+                raise                      # the chapter exists but needs a missing package: say that
             raise KeyError(f"no exercise {exercise_id!r}: there is no chapter {chapter!r} "
                            f"(expected an id like '02.1')") from None
     if exercise_id not in EXERCISES:
@@ -141,6 +143,8 @@ def check_exercise(exercise_id: str, answer: Callable, *, verbose: bool = True) 
         if msg:
             result = ExerciseResult(ex.id, ex.title, FAIL, f"case {n} ({description}): {msg}")
             break
+    if n == 0:
+        raise RuntimeError(f"exercise {ex.id} has no test cases: its generator yielded nothing")
     if result is None:
         result = ExerciseResult(ex.id, ex.title, PASS, f"matches the reference on {n} cases")
     if verbose:

@@ -1,7 +1,7 @@
 """Exercises of chapter 1 (notebooks/01_continuous_ssm.ipynb): the continuous SSM.
 
-Expected answers come from SciPy (``scipy.linalg.expm``, ``scipy.linalg.eigvals``) and from
-the package's worked example ``ssm_tutor.continuous.mass_spring_damper``.
+Expected answers come from SciPy (``scipy.linalg.expm``, ``scipy.linalg.eigvals``) and, for
+the mass–spring–damper, from Newton's law written out as matrices.
 """
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ssm_tutor.continuous import mass_spring_damper
 from ssm_tutor.exercises import exercise
 
 
 @exercise("01.1", "the mass–spring–damper as a state space model", atol=1e-12, rtol=1e-12)
 def msd_cases():
     for m, k, c in [(1.0, 1.0, 0.2), (2.0, 8.0, 1.0), (0.5, 3.0, 0.0)]:
-        ssm = mass_spring_damper(m, k, c)
-        yield f"m={m}, k={k}, c={c}", (m, k, c), {}, (ssm.A, ssm.B, ssm.C)
+        # Newton: m x'' = -k x - c x' + u, state (position, velocity), output the position
+        A = torch.tensor([[0.0, 1.0], [-k / m, -c / m]], dtype=torch.float64)
+        B = torch.tensor([[0.0], [1.0 / m]], dtype=torch.float64)
+        C = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+        yield f"m={m}, k={k}, c={c}", (m, k, c), {}, (A, B, C)
 
 
 @exercise("01.2", "impulse response from the matrix exponential", atol=1e-8, rtol=1e-7)
