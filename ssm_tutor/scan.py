@@ -346,17 +346,26 @@ def _threads_for(per_step: int) -> int:
     return max(1, min(torch.get_num_threads(), per_step // 8192))
 
 
-def _chunk_states(dt_c, dtu_c, A, B_c, h, dA_out, H_out, C_c=None, y_c=None):
+LOG2_E = 1.4426950408889634   # log2(e): exp(x) = 2^(x · log2 e)
+
+
+def _chunk_states(dt_c, dtu_c, A2, B_c, h, dA_out, H_out, C_c=None, y_c=None):
     """One chunk of T steps, all arguments time-major: Δ_c, (Δu)_c (T, b, d) (may be strided views:
-    the products read them in place, cheaper than a transposing copy), B_c, C_c (T, b, g, n). Builds Ā = exp(ΔA) and B̄u into the (T, b, d, n) buffers, then runs
-    the recurrence h_t = Ā_t h_{t-1} + B̄_t u_t in place from the state ``h``, so that H_out[t]
-    holds h_t. With C_c and y_c (T, b, d) given, also writes y_t = C_t · h_t into y_c."""
+    the products read them in place, cheaper than a transposing copy), B_c, C_c (T, b, g, n).
+    Builds Ā = exp(ΔA) and B̄u into the (T, b, d, n) buffers, then runs the recurrence
+    h_t = Ā_t h_{t-1} + B̄_t u_t in place from the state ``h``, so that H_out[t] holds h_t. With
+    C_c and y_c (T, b, d) given, also writes y_t = C_t · h_t into y_c.
+
+    A2 is A · log2(e), so that Ā = exp(ΔA) = 2^(Δ · A2): the exponential is the scan's single
+    most expensive operation, and PyTorch's exp2 is ~1.6x cheaper than its exp on this CPU
+    (0.88 against 1.42 ns per float32, measured). The official CUDA kernel does the same (exp2f);
+    the rounding of A2 changes Ā by about |ΔA| float ulps, far below the scan's tolerance."""
     T, b, g, n = B_c.shape
     d = dt_c.shape[2]
     k = d // g
     dA, H = dA_out[:T], H_out[:T]
-    torch.mul(dt_c.unsqueeze(-1), A, out=dA)                                          # ΔA: (T, b, d, n)
-    dA.exp_()                                                                         # Ā
+    torch.mul(dt_c.unsqueeze(-1), A2, out=dA)                                         # ΔA·log2 e: (T, b, d, n)
+    dA.exp2_()                                                                        # Ā = exp(ΔA)
     torch.mul(dtu_c.unflatten(2, (g, k)).unsqueeze(-1), B_c.unsqueeze(3), out=H.view(T, b, g, k, n))  # B̄u: (T, b, d, n)
     steps_A, steps_H = dA.unbind(0), H.unbind(0)
     if y_c is not None and b * g == 1:
@@ -395,19 +404,23 @@ class _FusedSelectiveScan(torch.autograd.Function):
             BT = Bg.permute(3, 0, 1, 2).contiguous()                                   # (l, b, g, n)
             CT = Cg.permute(3, 0, 1, 2).contiguous()                                   # (l, b, g, n)
             dtu = dt * u                                                               # Δ u: (b, d, l)
-            y = u.new_empty(b, d, l)                                                   # (b, d, l)
-            dtT, dtuT = dt.permute(2, 0, 1), dtu.permute(2, 0, 1)                      # (l, b, d) views, no copy
-            y_buf = u.new_empty(T, b, d)                                               # one chunk of y, time-major
+            y = torch.empty_like(u)                                                    # (b, d, l), u's memory layout
+            dtT, dtuT, yT = dt.permute(2, 0, 1), dtu.permute(2, 0, 1), y.permute(2, 0, 1)   # (l, b, d) views, no copy
+            # Time-major inputs (MambaMixer passes them so) make these views contiguous: each chunk's
+            # y_t = C_t · h_t is then written straight into y; otherwise through a one-chunk buffer.
+            y_buf = None if yT.is_contiguous() else u.new_empty(T, b, d)               # one chunk of y, time-major
             dA_buf, H_buf = u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)           # (T, b, d, n)
             h = u.new_zeros(b, d, n)                                                   # h_{-1} = 0
+            A2 = A * LOG2_E                                                            # (d, n)
             starts = []
             for t0 in range(0, l, T):
                 t1 = min(t0 + T, l)
                 starts.append(h)
-                y_c = y_buf[: t1 - t0]
-                _, H = _chunk_states(dtT[t0:t1], dtuT[t0:t1], A, BT[t0:t1], h, dA_buf, H_buf,
+                y_c = yT[t0:t1] if y_buf is None else y_buf[: t1 - t0]
+                _, H = _chunk_states(dtT[t0:t1], dtuT[t0:t1], A2, BT[t0:t1], h, dA_buf, H_buf,
                                      CT[t0:t1], y_c)                                   # and y_t = C_t · h_t
-                y[:, :, t0:t1] = y_c.permute(1, 2, 0)                                  # a cache-sized transpose
+                if y_buf is not None:
+                    y[:, :, t0:t1] = y_c.permute(1, 2, 0)                              # a cache-sized transpose
                 h = H[-1].clone()
         if any(ctx.needs_input_grad):                   # inference keeps nothing
             ctx.save_for_backward(u, dt, A, Bg, Cg, torch.stack(starts))              # starts: (chunks, b, d, n)
@@ -432,11 +445,12 @@ class _FusedSelectiveScan(torch.autograd.Function):
             g_A = torch.zeros_like(A)
             dA_buf, H_buf = u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)
             carry = gh_last.clone() if gh_last is not None else u.new_zeros(b, d, n)   # Ā_{t1} λ_{t1}, or ∂L/∂h_L
+            A2 = A * LOG2_E                                                            # as in the forward
             for c in reversed(range(starts.shape[0])):
                 t0 = c * T
                 t1 = min(t0 + T, l)
                 Tc = t1 - t0
-                dA, H = _chunk_states(dtT[t0:t1], dtuT[t0:t1], A, BT[t0:t1], starts[c], dA_buf, H_buf)
+                dA, H = _chunk_states(dtT[t0:t1], dtuT[t0:t1], A2, BT[t0:t1], starts[c], dA_buf, H_buf)
                 H5 = H.view(Tc, b, g, k, n)
                 # λ_t = C_t ∂L/∂y_t + Ā_{t+1} λ_{t+1}, backwards through the chunk
                 lam = (gyT[t0:t1].view(Tc, b, g, k, 1) * CT[t0:t1].unsqueeze(3)).view(Tc, b, d, n)

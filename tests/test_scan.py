@@ -217,6 +217,34 @@ def test_fused_scan_any_chunk_size(chunk_size):
                                _call(selective_scan_ref, x, opt), atol=1e-11, rtol=1e-11)
 
 
+def _time_major(t: torch.Tensor) -> torch.Tensor:
+    """The same values as t (b, d, l), stored time-major: a (b, d, l) view of a (b, l, d) tensor."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+@pytest.mark.parametrize("option", ["D+z", "all, grouped B/C"])
+@pytest.mark.parametrize("chunk_size", [4, 64])
+@pytest.mark.parametrize("b", [1, 2])
+def test_fused_scan_time_major_inputs(option, chunk_size, b):
+    """MambaMixer hands the scan (b, d, l) views of time-major memory; the fused scan then writes
+    y in place chunk by chunk (batch 1). Values, layout and gradients must not depend on the layout."""
+    opt = dict(OPTIONS[option], last=True)
+    x = scan_inputs(b=b, groups=opt["groups"], l=23)
+    tm = {k: _time_major(v) if k in ("u", "delta", "z") else v for k, v in x.items()}
+    assert not tm["u"].is_contiguous() and tm["u"].transpose(1, 2).is_contiguous()
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    tm_leaves = {k: (_time_major(v) if k in ("u", "delta", "z") else v.clone()).requires_grad_() for k, v in x.items()}
+    y, h = _call(selective_scan, tm_leaves, opt, method="fused", chunk_size=chunk_size)
+    y_ref, h_ref = _call(selective_scan_ref, leaves, opt)
+    torch.testing.assert_close((y, h), (y_ref, h_ref), atol=1e-11, rtol=1e-11)
+    assert y.transpose(1, 2).is_contiguous()                      # the output keeps the input's layout
+    names = ["u", "delta", "A", "B", "C"] + list(opt["keep"])
+    grads = torch.autograd.grad(_loss((y, h)), [tm_leaves[k] for k in names])
+    expected = torch.autograd.grad(_loss((y_ref, h_ref)), [leaves[k] for k in names])
+    for name, g, e in zip(names, grads, expected):
+        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
 def test_default_method_matches_transformers():
     from transformers.models.mamba.modeling_mamba import mamba_selective_scan
 
