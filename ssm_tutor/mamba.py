@@ -186,6 +186,21 @@ def _from_mamba_ssm_config(c: dict) -> dict:
 # The pieces
 # --------------------------------------------------------------------------------------------
 
+def store_input_major_(module: nn.Module) -> None:
+    """Keep ``module.weight``, an (out, in) matrix, in the memory order of its transpose.
+
+    Shape, values, state-dict key and checkpoint bytes stay those of ``nn.Linear`` (a checkpoint
+    stores a contiguous copy); only the order in memory changes, so that ``F.linear`` computes
+    x Wᵀ with Wᵀ contiguous. For one token that product is a matrix-vector product, bound by
+    reading W from memory, and MKL reads Wᵀ this way at ~25 GB/s against ~15 GB/s in PyTorch's
+    default order (measured on the 2-core test machine): recurrent generation spends about
+    1.6x less time on its weights. The order survives ``.to()``, ``load_state_dict``, deep
+    copies and optimiser steps.
+    """
+    weight = module.weight
+    module.weight = nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation: y = x / sqrt(mean(x²) + ε) · w  (no mean subtraction, no bias).
 
@@ -262,6 +277,8 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(E, N))
         self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, D, bias=config.use_bias)
+        for linear in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj):
+            store_input_major_(linear)                            # faster one-token products
         self.reset_parameters()
 
     @torch.no_grad()
@@ -305,7 +322,7 @@ class MambaMixer(nn.Module):
         # official layout, with transposed strides), so no (b, E, l) tensor is ever copied
         # into channel-major order, and the fused scan reads and writes each time step's
         # channels contiguously (~15% faster than channel-major at E=1536, L=2048, measured).
-        xz = F.linear(x, self.in_proj.weight, self.in_proj.bias)          # (b, l, 2E)
+        xz = self.in_proj(x)                                     # (b, l, 2E)
         x, z = xz[..., :E].transpose(1, 2), xz[..., E:].transpose(1, 2)   # (b, E, l) views each
         conv_state = F.pad(x[:, :, -(K - 1):], (max(0, K - 1 - l), 0)) if return_states and K > 1 \
             else x.new_zeros(b, E, 0)                            # last K-1 conv inputs: (b, E, K-1)
@@ -315,9 +332,9 @@ class MambaMixer(nn.Module):
                      padding=(0, K - 1), groups=E)               # (b, E, 1, l + K - 1)
         x = F.silu(x[..., :l].squeeze(2))                        # (b, E, l), time-major in memory
 
-        x_dbl = F.linear(x.transpose(1, 2), self.x_proj.weight)  # (b, l, R + 2N)
+        x_dbl = self.x_proj(x.transpose(1, 2))                   # (b, l, R + 2N)
         dt, B, C = torch.split(x_dbl, [R, N, N], dim=-1)         # (b, l, R), (b, l, N), (b, l, N)
-        delta = F.linear(dt, self.dt_proj.weight, self.dt_proj.bias).transpose(1, 2)   # Δ before softplus: (b, E, l)
+        delta = self.dt_proj(dt).transpose(1, 2)                 # Δ before softplus: (b, E, l)
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32   # the scan's precision
         A = -torch.exp(self.A_log.to(wide))                      # (E, N)
         out = selective_scan(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.to(wide), z=z,
@@ -419,8 +436,14 @@ class MambaLM(nn.Module):
         self.config = config
         self.backbone = MambaBackbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        # The head's (V, D) matrix is read whole for every generated token (154 MB at V = 50280):
+        # stored input-major it is read ~1.6x faster. Tied, the embedding shares that order; its
+        # lookup then gathers a strided row, a few microseconds per token.
         if config.tie_word_embeddings:
+            store_input_major_(self.backbone.embeddings)           # (V, D), the head's (out, in)
             self.lm_head.weight = self.backbone.embeddings.weight   # one matrix, two uses
+        else:
+            store_input_major_(self.lm_head)
 
     # ---- parallel form ----------------------------------------------------------------------
     def _check_ids(self, ids: torch.Tensor, name: str, dim: int, shape: str) -> None:

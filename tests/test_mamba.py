@@ -130,6 +130,30 @@ def test_our_checkpoint_reloads_identically(cfg, tmp_path):
         assert k1 == k2 and torch.equal(v1, v2), k1
 
 
+@pytest.mark.parametrize("cfg", ["h24-n5-k3-r3-bias", "h33-n16-k4-r5-x3-untied"], indirect=True)
+def test_projection_weights_are_stored_input_major(cfg, tmp_path):
+    """store_input_major_: the (out, in) weights sit in memory as their transposes, through
+    saving, loading, dtype changes and training; the checkpoint holds ordinary (out, in) tensors."""
+    def input_major_names(model):
+        names = [n for n, p in model.named_parameters() if p.dim() == 2 and p.t().is_contiguous()]
+        return sorted(names)
+
+    expected = sorted([f"backbone.layers.{i}.mixer.{proj}.weight" for i in range(cfg["num_hidden_layers"])
+                       for proj in ("in_proj", "x_proj", "dt_proj", "out_proj")]
+                      + ["backbone.embeddings.weight" if cfg.get("tie_word_embeddings", True) else "lm_head.weight"])
+    ours = make_ours(cfg)
+    assert input_major_names(ours) == expected
+    ours.save_pretrained(tmp_path)
+    for key, tensor in load_file(str(tmp_path / "model.safetensors")).items():
+        torch.testing.assert_close(tensor, ours.state_dict()[key], atol=0, rtol=0, msg=key)
+    again = MambaLM.from_pretrained(tmp_path, dtype=torch.float64)
+    assert input_major_names(again) == expected
+    opt = torch.optim.AdamW(again.parameters(), lr=1e-3)
+    again(ids_for(cfg)).logsumexp(-1).mean().backward()
+    opt.step()
+    assert input_major_names(again) == expected
+
+
 # ---- the pieces against transformers' own functions ---------------------------------------------
 
 @pytest.mark.parametrize("b, E, K, bias", [(1, 5, 2, True), (2, 7, 4, False), (3, 4, 3, True)])
