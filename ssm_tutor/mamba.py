@@ -277,9 +277,9 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(E, N))
         self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, D, bias=config.use_bias)
+        self.reset_parameters()
         for linear in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj):
             store_input_major_(linear)                            # faster one-token products
-        self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
