@@ -506,8 +506,8 @@ def auto_method(device: torch.device | str) -> str:
     CPU: "fused". Measured on a 2-core AMD EPYC (torch 2.13, float32, other jobs sharing the
     cores), every method at b=1, d=64, n=16, L=512 (notebook 05): fused 24 ms, reference 54 ms,
     sequential 59 ms, hillis_steele 76 ms, chunked 99 ms, blelloch 257 ms; and at Mamba's
-    layer size b=1, d=1536, n=16, L=2048 (``benchmarks/bench_scan.py``): fused about 6.7x faster
-    than transformers' ``mamba_selective_scan`` with 59 MiB instead of 823 MiB of peak memory.
+    layer size b=1, d=1536, n=16, L=2048 (``benchmarks/bench_scan.py``): fused about 6.9x faster
+    than transformers' ``mamba_selective_scan`` with 55 MiB instead of 831 MiB of peak memory.
     The textbook methods lose because they write (b, d, l, n) tensors to main memory and, for
     Hillis-Steele and Blelloch, do 3-11x more work than the loop; two cores cannot hide it.
 
