@@ -29,6 +29,11 @@ saved here loads in ``transformers.MambaForCausalLM`` and the other way round.
 Inference has two modes with the same result: the *parallel* forward over a whole sequence
 (the scan of stages 5–6), and the *recurrent* ``step`` that advances one token with a
 fixed-size cache: per layer the last K-1 conv inputs (E, K-1) and the SSM state (E, N).
+
+Two memory layouts make it fast on a CPU (``benchmarks/bench_model.py``; notebook 7 quotes the
+numbers): the parallel forward keeps activations time-major, (b, l, channels), and hands the
+conv and the scan transposed views of them; and the projection weights are stored input-major
+(``store_input_major_``), which speeds up the one-token products of ``step``.
 """
 
 from __future__ import annotations
