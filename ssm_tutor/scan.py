@@ -467,10 +467,13 @@ class _FusedSelectiveScan(torch.autograd.Function):
                 g_BT[t0:t1] = torch.einsum("tbgkn,tbgk->tbgn", lam5, dtuT[t0:t1].view(Tc, b, g, k))
                 g_uT[t0:t1] = lamB * dtT[t0:t1]
                 # Ā_t = exp(Δ_t A) with ∂L/∂Ā_t = λ_t h_{t-1}  ->  Q = λ_t h_{t-1} Ā_t = ∂L/∂(Δ_t A)
-                H_prev = torch.cat([starts[c].unsqueeze(0), H[:-1]])                  # h_{t-1}: (T, b, d, n)
-                Q = lam.mul_(H_prev).mul_(dA)                                          # reuses λ's memory
-                g_dtT[t0:t1] = lamB * uT[t0:t1] + torch.einsum("tbdn,dn->tbd", Q, A)
-                g_A += torch.einsum("tbdn,tbd->dn", Q, dtT[t0:t1])
+                Q = lam.mul_(dA)                                                       # reuses λ's memory
+                Q[1:].mul_(H[:-1])                                                     # h_{t-1} = H[t-1] ...
+                Q[0].mul_(starts[c])                                                   # ... and the chunk's start
+                g_dtT[t0:t1] = lamB * uT[t0:t1] + (Q * A).sum(-1)                      # Σ_n Q A: (T, b, d)
+                # Σ over (t, b) as a product and a sum: ~4x faster here than the einsum, which
+                # first copies Q into a (d, t·b, n) batch of tiny matrix products
+                g_A += (Q * dtT[t0:t1].unsqueeze(-1)).sum((0, 1))
         return (g_uT.permute(1, 2, 0), g_dtT.permute(1, 2, 0), g_A,
                 g_BT.permute(1, 2, 3, 0), g_CT.permute(1, 2, 3, 0), None)
 
