@@ -76,6 +76,16 @@ def check_input_ids(input_ids, vocab_size: int, name: str = "input_ids", dim: in
                          f"[{int(input_ids.min())}, {int(input_ids.max())}]")
 
 
+def check_step_arguments(token_ids, vocab_size: int, cache, cache_type: type, cache_name: str) -> None:
+    """The checks every ``step(token_ids, cache)`` makes: ids (b,) in range, and a cache of the
+    right type (``cache_name``, e.g. "a KVCache") made for the same batch."""
+    check_input_ids(token_ids, vocab_size, "token_ids", dim=1)
+    if not isinstance(cache, cache_type):
+        raise TypeError(f"cache must be {cache_name} from init_cache, got {type(cache).__name__}")
+    if cache.batch != token_ids.shape[0]:
+        raise ValueError(f"token_ids has batch {token_ids.shape[0]} but the cache was made for batch {cache.batch}")
+
+
 def _check_positive(**kwargs) -> None:
     for name, value in kwargs.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -115,6 +125,10 @@ class KVCache:
     k: list
     v: list
     length: int = 0
+
+    @property
+    def batch(self) -> int:
+        return self.k[0].shape[0]
 
 
 class _Attention(nn.Module):
@@ -233,12 +247,7 @@ class TransformerLM(nn.Module):
 
     def step(self, token_ids: torch.Tensor, cache: KVCache):
         """One token per sequence: token_ids (b,) -> (logits (b, vocab), cache updated in place)."""
-        check_input_ids(token_ids, self.vocab_size, "token_ids", dim=1)
-        if not isinstance(cache, KVCache):
-            raise TypeError(f"cache must be a KVCache from init_cache, got {type(cache).__name__}")
-        if cache.k[0].shape[0] != token_ids.shape[0]:
-            raise ValueError(f"token_ids has batch {token_ids.shape[0]} but the cache was made for "
-                             f"batch {cache.k[0].shape[0]}")
+        check_step_arguments(token_ids, self.vocab_size, cache, KVCache, "a KVCache")
         if cache.length == cache.k[0].shape[2]:                                # full: double the room
             cache.k = [torch.cat([k, torch.zeros_like(k)], dim=2) for k in cache.k]
             cache.v = [torch.cat([v, torch.zeros_like(v)], dim=2) for v in cache.v]
@@ -285,6 +294,10 @@ class SSMCache:
     ssm: list
     length: int = 0
     extra: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.ssm[0].shape[0]
 
 
 class _SSMBlock(nn.Module):
@@ -402,12 +415,7 @@ class SSMLM(nn.Module):
 
     def step(self, token_ids: torch.Tensor, cache: SSMCache):
         """token_ids (b,) -> (logits (b, vocab), cache updated in place), equal to forward's last position."""
-        check_input_ids(token_ids, self.vocab_size, "token_ids", dim=1)
-        if not isinstance(cache, SSMCache):
-            raise TypeError(f"cache must be an SSMCache from init_cache, got {type(cache).__name__}")
-        if cache.ssm[0].shape[0] != token_ids.shape[0]:
-            raise ValueError(f"token_ids has batch {token_ids.shape[0]} but the cache was made for "
-                             f"batch {cache.ssm[0].shape[0]}")
+        check_step_arguments(token_ids, self.vocab_size, cache, SSMCache, "an SSMCache")
         x = self.embedding(token_ids)                               # (b, d_model)
         for i, layer in enumerate(self.layers):
             x, cache.conv[i], cache.ssm[i] = layer.step(x, cache.conv[i], cache.ssm[i])

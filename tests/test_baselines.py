@@ -130,11 +130,17 @@ def test_bad_constructor_arguments_are_named():
         SSMLM(5, d_model=0)
 
 
-def test_step_rejects_a_cache_of_another_batch_size():
-    model = TransformerLM(5, 16, 1, 2, 8)
-    with pytest.raises(ValueError, match="batch"):
-        model.step(torch.zeros(3, dtype=torch.long), model.init_cache(2))
-    assert isinstance(model.init_cache(2), KVCache)
+@pytest.mark.parametrize("model, other", [(TransformerLM(5, 16, 1, 2, 8), SSMLM(5, 16, 1)),
+                                          (SSMLM(5, 16, 1), TransformerLM(5, 16, 1, 2, 8))],
+                         ids=["transformer", "ssm"])
+def test_step_rejects_a_cache_of_another_batch_size_or_model(model, other):
+    ids = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="token_ids has batch 3 but the cache was made for batch 2"):
+        model.step(ids, model.init_cache(2))
+    kind = type(other.init_cache(3)).__name__
+    with pytest.raises(TypeError, match=f"cache must be an? {type(model.init_cache(3)).__name__} from init_cache, got {kind}"):
+        model.step(ids, other.init_cache(3))
+    assert isinstance(TransformerLM(5, 16, 1, 2, 8).init_cache(2), KVCache)
 
 
 @pytest.mark.parametrize("make", [lambda: TransformerLM(7, 16, 2, 2, 10, pos_encoding="learned"),
