@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 
 from ssm_tutor.selective import validate_scan_args
 
@@ -67,7 +68,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         y = torch.empty_like(u_)                                            # (b, d, l) in u's dtype
         last = torch.empty(b, d, n, device=u.device, dtype=compute)         # (b, d, n)
         states = (torch.empty(b, d, n_chunks, n, device=u.device, dtype=compute) if save else last)
-        grid = (b, triton_cdiv(d, cfg.block_d))
+        grid = (b, triton.cdiv(d, cfg.block_d))
         selective_scan_fwd_kernel[grid](
             u_, delta_, A_, B_, C_, D_, z_, bias_, y, states, last,
             d, l, n, g, n_chunks,
@@ -99,7 +100,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         dD_part = torch.empty(b, d, device=u.device, dtype=compute)
         dbias_part = torch.empty(b, d, device=u.device, dtype=compute)
         dlast = rest[0] if rest and rest[0] is not None else None
-        grid = (b, triton_cdiv(d, cfg.block_d))
+        grid = (b, triton.cdiv(d, cfg.block_d))
         selective_scan_bwd_kernel[grid](
             u, delta, A, B, C, D if D is not None else A, z if z is not None else u,
             delta_bias if delta_bias is not None else A, states,
@@ -116,10 +117,6 @@ class SelectiveScanTriton(torch.autograd.Function):
         dB = dB.reshape(B_shape).to(B.dtype)
         dC = dC.reshape(C_shape).to(C.dtype)
         return (du, ddelta, dA, dB, dC, dD, dz if z is not None else None, dbias, None, None, None, None)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,

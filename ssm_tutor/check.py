@@ -37,12 +37,18 @@ def mismatch(reference, candidate, *, atol: float, rtol: float, what: str = "out
     ref, cand = _as_numpy(reference), _as_numpy(candidate)
     if ref.shape != cand.shape:
         return f"{what}: expected shape {tuple(ref.shape)}, got shape {tuple(cand.shape)}"
-    if cand.size and not np.all(np.isfinite(cand)):
-        bad = int(np.sum(~np.isfinite(cand)))
-        return f"{what}: {bad} of {cand.size} values are NaN or infinite"
     if ref.size == 0:
         return None
     ref64, cand64 = _widen(ref), _widen(cand)
+    # NaN and ±inf must sit in the same places with the same values on both sides (a NaN in
+    # the reference would otherwise compare as "not out of tolerance" and pass anything)
+    ref_bad, cand_bad = ~np.isfinite(ref64), ~np.isfinite(cand64)
+    if ref_bad.any() or cand_bad.any():
+        same = (ref_bad == cand_bad) & ((ref64 == cand64) | (np.isnan(ref64) & np.isnan(cand64)) | ~ref_bad)
+        if not same.all():
+            return (f"{what}: {int(cand_bad.sum())} of {cand.size} values are NaN or infinite, the reference has "
+                    f"{int(ref_bad.sum())}, and they do not sit in the same places with the same values")
+        ref64, cand64 = np.where(ref_bad, 0, ref64), np.where(cand_bad, 0, cand64)
     err = np.abs(ref64 - cand64)
     allowed = atol + rtol * np.abs(ref64)
     if not np.any(err > allowed):

@@ -406,8 +406,9 @@ class _FusedSelectiveScan(torch.autograd.Function):
             dtu = dt * u                                                               # Δ u: (b, d, l)
             y = torch.empty_like(u)                                                    # (b, d, l), u's memory layout
             dtT, dtuT, yT = dt.permute(2, 0, 1), dtu.permute(2, 0, 1), y.permute(2, 0, 1)   # (l, b, d) views, no copy
-            # Time-major inputs (MambaMixer passes them so) make these views contiguous: each chunk's
-            # y_t = C_t · h_t is then written straight into y; otherwise through a one-chunk buffer.
+            # Time-major inputs at batch 1 (MambaMixer's, when generating or benchmarking) make yT
+            # contiguous: each chunk's y_t = C_t · h_t is then written straight into y; otherwise
+            # (any batch > 1, or channel-major inputs) through a one-chunk buffer and a copy.
             y_buf = None if yT.is_contiguous() else u.new_empty(T, b, d)               # one chunk of y, time-major
             dA_buf, H_buf = u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)           # (T, b, d, n)
             h = u.new_zeros(b, d, n)                                                   # h_{-1} = 0

@@ -33,6 +33,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ssm_tutor.convolution import causal_conv, s4d_kernel
+from ssm_tutor.discretize import mamba_diag
+
 __all__ = ["selective_scan_ref", "validate_scan_args", "expand_groups", "ssm_operator_matrix",
            "SelectiveSSM", "TimeInvariantSSM", "s4d_real_A_log", "dt_bias_init", "inverse_softplus"]
 
@@ -401,11 +404,8 @@ class TimeInvariantSSM(nn.Module):
 
     def kernel(self, length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """K of shape (d, length): K_k = Σ_n C_n Ā_n^k B̄_n with Ā = exp(Δ A), B̄ = Δ B."""
-        delta, A = self.delta.to(dtype), self.A.to(dtype)                           # (d,), (d, n)
-        k = torch.arange(length, dtype=dtype, device=A.device)                      # (L,)
-        powers = torch.exp((delta[:, None] * A)[:, :, None] * k)                    # Ā^k = exp(k Δ A): (d, n, L)
-        B_bar = delta[:, None] * self.B.to(dtype)                                   # B̄ = Δ B: (d, n)
-        return torch.einsum("dn,dnk,dn->dk", self.C.to(dtype), powers, B_bar)
+        A_bar, B_bar = mamba_diag(self.A.to(dtype), self.B.to(dtype), self.delta.to(dtype))   # (d, n) each
+        return s4d_kernel(A_bar, B_bar, self.C.to(dtype), length)                  # stage 3's Vandermonde kernel
 
     def forward(self, x: torch.Tensor, return_last_state: bool = False, mode: str = "scan"):
         """x (batch, length, d) -> y (batch, length, d) [, last state (batch, d, n), scan mode only]."""
@@ -417,9 +417,7 @@ class TimeInvariantSSM(nn.Module):
             p = _param_dtype(x)
             u = x.transpose(1, 2).to(p)                                             # (b, d, l)
             K = self.kernel(l, p)                                                     # (d, l)
-            size = 2 * l                                                            # pad: linear, not circular
-            y = torch.fft.irfft(torch.fft.rfft(u, n=size) * torch.fft.rfft(K, n=size), n=size)[..., :l]
-            y = y + u * self.D.to(p)[:, None]
+            y = causal_conv(u, K) + u * self.D.to(p)[:, None]                      # stage 3's FFT convolution
             return y.to(x.dtype).transpose(1, 2)                                    # (b, l, d)
         if mode != "scan":
             raise ValueError(f"mode must be 'scan' or 'convolution', got {mode!r}")

@@ -361,6 +361,9 @@ def _run(args, argv):
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in TASK_DEFAULTS[args.task].items()}
     if args.warmup >= args.steps:
         p.error(f"argument --warmup: must be smaller than --steps ({args.steps}), got {args.warmup}")
+    for flag, name in (("--dt-min", "dt_min"), ("--dt-max", "dt_max")):
+        if args.model != "mamba" and getattr(args, name) != p.get_default(name):
+            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range; {args.model!r} ignores it")
     if args.dt_min > args.dt_max:
         p.error(f"argument --dt-min: must be at most --dt-max ({args.dt_max}), got {args.dt_min}")
     if args.model == "transformer" and args.d_model % args.n_heads:

@@ -29,6 +29,20 @@ def test_check_rejects_nan():
         check(torch.zeros(2), torch.tensor([0.0, float("nan")]), "z")
 
 
+def test_check_rejects_a_nan_or_inf_in_the_reference_only():
+    with pytest.raises(AssertionError, match="reference has 1"):
+        check(torch.tensor([float("nan")]), torch.tensor([123.0]), "x")
+    with pytest.raises(AssertionError, match="reference has 1"):
+        check(torch.tensor([1.0, float("inf")]), torch.tensor([1.0, 5.0]), "x")
+    with pytest.raises(AssertionError, match="NaN or infinite"):
+        check(torch.tensor([float("inf")]), torch.tensor([float("-inf")]), "x")
+
+
+def test_check_accepts_matching_non_finite_values(capsys):
+    check(torch.tensor([float("nan"), float("-inf"), 1.0]), torch.tensor([float("nan"), float("-inf"), 1.0 + 1e-9]), "w")
+    assert "w matches" in capsys.readouterr().out
+
+
 def test_check_handles_tuples(capsys):
     check((torch.ones(2), torch.zeros(1)), (torch.ones(2), torch.zeros(1)), "pair")
     assert "pair matches" in capsys.readouterr().out

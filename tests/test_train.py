@@ -93,7 +93,8 @@ def test_command_writes_a_checkpoint_its_log_and_its_command(tmp_path):
     model = load_model(tmp_path)
     assert isinstance(model, SSMLM) and model.config["mixer"] == "lti" and model.config["gated"] is False
     result = main(["--evaluate", str(tmp_path), "--lengths", "8,16", "--eval-examples", "4", "--recurrent"])
-    assert result["lengths"] == [8, 16] and all(0 <= a <= 1 for a in result["accuracy"])
+    assert result["lengths"] == [8, 16] and len(result["accuracy"]) == 2
+    assert json.loads((tmp_path / "extrapolation.json").read_text())["accuracy"] == result["accuracy"]
 
 
 def _tiny_ssm_checkpoint(directory, d_model="8"):
@@ -156,6 +157,8 @@ def test_init_from_a_different_architecture_is_refused(tmp_path, capsys, flags, 
      "argument --init-from: '/nonexistent/dir' is not a checkpoint directory"),
     (["--task", "induction_heads", "--dt-min", "0.5", "--dt-max", "0.1", "--out", "x"],
      "argument --dt-min: must be at most --dt-max"),
+    (["--task", "induction_heads", "--model", "ssm", "--dt-min", "0.0001", "--out", "x"],
+     "argument --dt-min: only --model mamba has a Δ initialisation range"),
 ])
 def test_bad_arguments_give_clear_messages(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -201,5 +204,10 @@ def test_shipped_extrapolation_reproduces_at_four_times_the_training_length(dire
     assert measured["accuracy"] == [recorded["accuracy"][recorded["lengths"].index(length)]]
 
 
-def test_shipped_checkpoints_exist():
-    assert len(_shipped()) >= 2, f"no shipped checkpoints with eval.json under {CHECKPOINTS}"
+def test_every_shipped_checkpoint_is_documented():
+    """The directories with a model are exactly the ones checkpoints/README.md describes."""
+    import re
+
+    documented = set(re.findall(r"^### `([a-z0-9_]+)`", (CHECKPOINTS / "README.md").read_text(), re.M))
+    present = {p.parent.name for p in CHECKPOINTS.glob("*/config.json")}
+    assert present == documented and {p.name for p in _shipped()} == present, (present, documented)
