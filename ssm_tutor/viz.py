@@ -79,7 +79,7 @@ def plot_poles(poles, *, title: str, discrete: bool = False, ax=None, label: str
     span = max(1.2, 1.15 * float(np.max(np.abs(p))) if p.size else 1.2)
     ax.set_xlim(-span, span if discrete else max(0.3 * span, 1.15 * float(np.max(p.real, initial=0)) + 0.2))
     ax.set_ylim(-span, span)
-    ax.set(title=title, xlabel="Re" + (" z" if discrete else " λ  (decay rate, 1/s)"),
+    ax.set(title=title, xlabel="Re" + (" z" if discrete else " λ  (growth rate, 1/s; < 0 decays)"),
            ylabel="Im" + (" z" if discrete else " λ  (rad/s)"))
     if label is not None:
         ax.legend(loc="upper left")

@@ -9,10 +9,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
-pytest.importorskip("transformers")
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_model.py"
 

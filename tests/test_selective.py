@@ -19,8 +19,9 @@ from hypothesis import given, settings, strategies as st
 from ssm_tutor.selective import (SelectiveSSM, TimeInvariantSSM, dt_bias_init, expand_groups, inverse_softplus,
                                  selective_scan_ref, ssm_operator_matrix, validate_scan_args)
 
-transformers_mamba = pytest.importorskip("transformers.models.mamba.modeling_mamba")
-mamba_selective_scan = transformers_mamba.mamba_selective_scan
+# transformers is the reference and a pinned test requirement: a missing install fails here, loudly,
+# instead of skipping the whole stage-4 file
+from transformers.models.mamba.modeling_mamba import mamba_selective_scan  # noqa: E402
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.float64: dict(atol=1e-12, rtol=1e-10)}
 
