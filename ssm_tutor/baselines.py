@@ -51,6 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_tutor.scan import selective_scan
+from ssm_tutor.tasks import _check_positive   # "name must be a positive integer, got …"
 
 __all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "check_input_ids",
            "save_pretrained", "load_pretrained", "lti_kernel"]
@@ -84,12 +85,6 @@ def check_step_arguments(token_ids, vocab_size: int, cache, cache_type: type, ca
         raise TypeError(f"cache must be {cache_name} from init_cache, got {type(cache).__name__}")
     if cache.batch != token_ids.shape[0]:
         raise ValueError(f"token_ids has batch {token_ids.shape[0]} but the cache was made for batch {cache.batch}")
-
-
-def _check_positive(**kwargs) -> None:
-    for name, value in kwargs.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------

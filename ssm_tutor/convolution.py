@@ -268,7 +268,7 @@ class LTISSM(nn.Module):
         m = n // 2 if self.complex else n
         log_dt = torch.rand(d, dtype=dtype) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
         self.log_dt = nn.Parameter(log_dt)                                      # (d,)
-        A0 = (s4d_lin(m) if self.complex else s4d_real(m).to(torch.complex128))  # (m,)
+        A0 = s4d_lin(m) if self.complex else s4d_real(m)                       # (m,)
         self.A_log = nn.Parameter(torch.log(-A0.real).to(dtype).repeat(d, 1))   # (d, m)
         if self.complex:
             self.A_imag = nn.Parameter(A0.imag.to(dtype).repeat(d, 1))          # (d, m)

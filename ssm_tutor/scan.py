@@ -292,8 +292,9 @@ def _grouped(X: torch.Tensor, d: int, dtype) -> torch.Tensor:
 
 
 def _finish(y, u, D, z, dtype_in, compute):
+    """y + D u (the skip), then y · SiLU(z) (the gate), returned in ``dtype_in``."""
     if D is not None:
-        y = y + u * D.to(compute)[:, None]
+        y = torch.addcmul(y, u, D.to(compute)[:, None])
     if z is not None:
         y = y * F.silu(z.to(compute))
     return y.to(dtype_in)
@@ -494,10 +495,7 @@ def _selective_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return
     dt = _discretize_delta(delta, delta_bias, delta_softplus, compute)                # Δ: (b, d, l)
     Bg, Cg = _grouped(B, d, compute), _grouped(C, d, compute)                         # (b, g, n, l)
     y, h = _FusedSelectiveScan.apply(u_c, dt, A.to(compute), Bg, Cg, chunk_size or 64)
-    if D is not None:
-        y = torch.addcmul(y, u_c, D.to(compute)[:, None])                             # y + D u
-    if z is not None:
-        y = y * F.silu(z.to(compute))                                                 # gate with SiLU(z)
+    y = _finish(y, u_c, D, z, compute, compute)                                       # + D u, gate with SiLU(z)
     if not bool(torch.isfinite(y.sum() + h.sum())):
         validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=True)    # raises, naming the input
     y = y.to(u.dtype)

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ssm_tutor import tasks
+from ssm_tutor import baselines, tasks
 from ssm_tutor.tasks import IGNORE, TaskBatch
 
 __all__ = ["lr_at", "masked_cross_entropy", "make_task", "build_model", "train", "save_model", "load_model",
@@ -97,8 +97,6 @@ def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int 
 
     ``dt_min``, ``dt_max`` (mamba): the range Δ = softplus(dt_proj bias) starts in (log-uniform per channel).
     """
-    from ssm_tutor import baselines
-
     if name == "mamba":
         from ssm_tutor.mamba import MambaConfig, MambaLM
         return MambaLM(MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
@@ -112,8 +110,6 @@ def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int 
 
 def save_model(model: nn.Module, directory) -> None:
     """HF Mamba format for MambaLM (its save_pretrained); baselines.save_pretrained for the others."""
-    from ssm_tutor import baselines
-
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(directory)
     else:
@@ -122,8 +118,6 @@ def save_model(model: nn.Module, directory) -> None:
 
 def load_model(directory) -> nn.Module:
     """Load any checkpoint this module writes, choosing the class from config.json's model_type."""
-    from ssm_tutor import baselines
-
     config_file = Path(directory) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} has no config.json")
@@ -197,24 +191,23 @@ _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+def _float_above(minimum: float, inclusive: bool, words: str):
+    """An argparse type: a finite float > minimum (>= when ``inclusive``), with a clear message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {words} number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected a {words} number, got {text}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
-    return value
+_positive_float = _float_above(0.0, False, "positive")
+_non_negative_float = _float_above(0.0, True, "non-negative")
 
 
 # per-task defaults (paper, Appendix E.1, shrunk to a 2-core CPU)
@@ -245,8 +238,8 @@ def parser() -> argparse.ArgumentParser:
                    help="(mamba) smallest initial Δ; a smaller one starts some channels with a longer memory")
     m.add_argument("--dt-max", type=_positive_float, default=0.1, help="(mamba) largest initial Δ")
     m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer)")
-    m.add_argument("--pos-encoding", default="rope", choices=("rope", "learned", "sinusoidal"), help="(transformer)")
-    m.add_argument("--mixer", default="selective", choices=("selective", "lti"), help="(ssm)")
+    m.add_argument("--pos-encoding", default="rope", choices=baselines.POS_ENCODINGS, help="(transformer)")
+    m.add_argument("--mixer", default="selective", choices=baselines.MIXERS, help="(ssm)")
     m.add_argument("--gated", default=True, action=argparse.BooleanOptionalAction, help="(ssm) gate with SiLU(z)")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=_positive_int, default=400)
@@ -302,7 +295,6 @@ def evaluate_checkpoint(directory, num_examples: int = 128) -> dict:
     log = json.loads((Path(directory) / "train_log.json").read_text())
     sizes = {k: v for k, v in log["task"].items() if k != "name"}
     model = load_model(directory)
-    torch.manual_seed(0)
     if log["task"]["name"] == "selective_copying":
         batch = make_task("selective_copying", **sizes)(EVAL_SEED, num_examples)
         return {"accuracy": tasks.model_accuracy(model, batch)}
