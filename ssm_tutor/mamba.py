@@ -409,6 +409,21 @@ class MambaBackbone(nn.Module):
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
         nn.init.normal_(self.embeddings.weight, std=0.02)
 
+    def forward(self, input_ids: torch.Tensor, return_states: bool = False):
+        """input_ids (b, l) -> normalised hidden states (b, l, D), and with ``return_states`` the
+        per-layer states after the last token: ([conv (b, E, K-1)], [ssm (b, E, N)])."""
+        x = self.embeddings(input_ids)                           # (b, l, D)
+        conv_states, ssm_states = [], []
+        for layer in self.layers:
+            if return_states:
+                x, (conv, ssm) = layer(x, return_states=True)
+                conv_states.append(conv.detach().contiguous())      # inference state:
+                ssm_states.append(ssm.detach().clone())             # no graph, its own memory
+            else:
+                x = layer(x)                                     # (b, l, D)
+        x = self.norm_f(x)
+        return (x, (conv_states, ssm_states)) if return_states else x
+
 
 @dataclass
 class MambaCache:
@@ -473,19 +488,10 @@ class MambaLM(nn.Module):
         """input_ids (b, l) int64 -> logits (b, l, V) (float32), and the cache after the last
         token when ``return_cache`` (so :meth:`step` can continue the sequence)."""
         self._check_ids(input_ids, "input_ids", 2, "(batch, length)")
-        x = self.backbone.embeddings(input_ids)                  # (b, l, D)
-        conv_states, ssm_states = [], []
-        for layer in self.backbone.layers:
-            if return_cache:
-                x, (conv, ssm) = layer(x, return_states=True)
-                conv_states.append(conv.detach().contiguous())      # the cache is inference state:
-                ssm_states.append(ssm.detach().clone())             # no graph, its own memory
-            else:
-                x = layer(x)                                     # (b, l, D)
-        logits = self.lm_head(self.backbone.norm_f(x).to(self.lm_head.weight.dtype)).float()  # (b, l, V)
-        if return_cache:
-            return logits, MambaCache(conv_states, ssm_states, input_ids.shape[1])
-        return logits
+        out = self.backbone(input_ids, return_states=return_cache)   # (b, l, D) [, states]
+        x, states = out if return_cache else (out, None)
+        logits = self.lm_head(x.to(self.lm_head.weight.dtype)).float()   # (b, l, V)
+        return (logits, MambaCache(*states, input_ids.shape[1])) if return_cache else logits
 
     # ---- recurrent form ---------------------------------------------------------------------
     @torch.inference_mode()
