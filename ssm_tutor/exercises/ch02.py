@@ -33,13 +33,20 @@ def bilinear_cases():
         yield f"n={n}, p={p}, dt={dt}", (torch.tensor(A), torch.tensor(B), dt), {}, (torch.tensor(Ad), torch.tensor(Bd))
 
 
+def random_zoh_system(rng, n: int, dt: float = 0.1):
+    """A random single-input system (A shifted to be mostly stable), discretised by SciPy's ZOH:
+    (Ā (n, n), B̄ (n, 1)) as NumPy arrays. Shared by the stage-2 and stage-3 checkers."""
+    A = rng.standard_normal((n, n)) - 2.0 * np.eye(n)
+    Ad, Bd, *_ = scipy.signal.cont2discrete((A, rng.standard_normal((n, 1)), np.eye(n), np.zeros((n, 1))),
+                                            dt, method="zoh")
+    return Ad, Bd
+
+
 @exercise("02.3", "run the discrete recurrence", atol=1e-10, rtol=1e-8)
 def recurrence_cases():
     rng = np.random.default_rng(23)
     for n, L in [(1, 5), (3, 20), (6, 50)]:
-        A = rng.standard_normal((n, n)) - 2.0 * np.eye(n)
-        Ad, Bd, *_ = scipy.signal.cont2discrete((A, rng.standard_normal((n, 1)), np.eye(n), np.zeros((n, 1))),
-                                                0.1, method="zoh")
+        Ad, Bd = random_zoh_system(rng, n)
         C, u = rng.standard_normal((1, n)), rng.standard_normal(L)
         # ours: x_k = Ā x_{k-1} + B̄ u_k, y_k = C x_k; dlsim's state is x_{k-1}
         _, y, _ = scipy.signal.dlsim((Ad, Bd, C @ Ad, C @ Bd, 0.1), u[:, None])

@@ -10,15 +10,14 @@ import scipy.signal
 import torch
 
 from ssm_tutor.exercises import exercise
+from ssm_tutor.exercises.ch02 import random_zoh_system
 
 
 @exercise("03.1", "the SSM convolution kernel", atol=1e-10, rtol=1e-8)
 def kernel_cases():
     rng = np.random.default_rng(31)
     for n, L in [(1, 8), (3, 30), (5, 64)]:
-        A = rng.standard_normal((n, n)) - 2.0 * np.eye(n)
-        Ad, Bd, *_ = scipy.signal.cont2discrete((A, rng.standard_normal((n, 1)), np.eye(n), np.zeros((n, 1))),
-                                                0.1, method="zoh")
+        Ad, Bd = random_zoh_system(rng, n)
         C = rng.standard_normal((1, n))
         _, (h,) = scipy.signal.dimpulse((Ad, Bd, C, np.zeros((1, 1)), 0.1), n=L + 2)  # h[l+1] = C Ā^l B̄
         yield f"n={n}, L={L}", (torch.tensor(Ad), torch.tensor(Bd), torch.tensor(C), L), {}, \
