@@ -146,6 +146,13 @@ def evaluate(model: nn.Module, batch: TaskBatch, batch_size: int = 64) -> tuple[
     return float(masked_cross_entropy(logits, batch.targets)), tasks.masked_accuracy(logits, batch.targets)
 
 
+def _check_clip(clip) -> None:  # TODO(validate): a positive finite number, or None
+    """clip = 0 would zero every gradient (the model would silently not learn): refuse it."""
+    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
+                                 and 0 < clip < math.inf):
+        raise ValueError(f"clip must be a positive gradient norm, or None for no clipping; got {clip!r}")
+
+
 def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr: float = 3e-3,
           warmup: int = 40, weight_decay: float = 0.1, clip: float | None = 1.0, eval_every: int = 50,
           eval_examples: int = 256, seed: int = 0, progress: bool = True) -> dict:
@@ -153,9 +160,7 @@ def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr:
 
     ``clip``: the largest gradient norm a step may use (> 0), or None for no clipping.
     """
-    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
-                                 and 0 < clip < math.inf):    # clip = 0 would zero every gradient
-        raise ValueError(f"clip must be a positive gradient norm, or None for no clipping; got {clip!r}")
+    _check_clip(clip)
     torch.manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
