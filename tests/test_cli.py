@@ -174,8 +174,9 @@ def test_student_never_writes_onto_an_input_or_through_a_link(tmp_path, capsys, 
     inputs = [str(src)]
     if case == "out_is_the_input_directory_spelt_differently":
         out = src / "sub" / ".."
-    elif case == "out_is_a_symlink":
-        out.symlink_to(src, target_is_directory=True)
+    elif case == "out_is_a_symlink":                    # to a directory that is not an input's
+        (tmp_path / "real").mkdir()
+        out.symlink_to(tmp_path / "real", target_is_directory=True)
     elif case == "out_reaches_the_input_directory_through_a_linked_parent":
         (tmp_path / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
         out = tmp_path / "elsewhere" / "course"        # not a link itself; its parent is
@@ -197,6 +198,7 @@ def test_student_never_writes_onto_an_input_or_through_a_link(tmp_path, capsys, 
     assert "refusing" in err or "would overwrite each other" in err, err
     assert (src / "97_synthetic.ipynb").read_bytes() == original          # the input is untouched
     assert not (tmp_path / "planted.ipynb").exists()                     # nothing written through a link
+    assert not (tmp_path / "real").exists() or not any((tmp_path / "real").iterdir())
     assert sorted(p.name for p in src.iterdir()) == ["97_synthetic.ipynb"]
 
 
