@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from ssm_tutor.continuous import damped_oscillator
-from ssm_tutor.discretize import zoh
+from ssm_tutor.convolution import causal_conv
+from ssm_tutor.discretize import recurrence_diag, zoh
+from ssm_tutor.exercises.ch03 import _blocks_without_tails, _fft_blocks_no_pad
 from ssm_tutor.exercises import check_exercise
 
 
@@ -65,6 +67,26 @@ def zoh_recurrence(A, B, C, dts, u, *, shift=0, read_before=False):
     return torch.stack(ys)
 
 
+def lti_step(Ad, Bd, C, D, u_t, h):
+    h = Ad * h + Bd * u_t[..., None]                  # (b, d, n)
+    return (C * h).sum(-1) + D * u_t, h
+
+
+def blocked_causal_conv(u, K, block):
+    # the package's FFT convolution applied to each block, tails added into the next block
+    y = torch.zeros(u.shape[0] + K.shape[0], dtype=u.dtype)
+    for s in range(0, u.shape[0], block):
+        seg = u[s:s + block]
+        full = causal_conv(torch.cat([seg, torch.zeros(K.shape[0] - 1, dtype=u.dtype)]), K)  # the whole linear conv
+        y[s:s + full.shape[0]] += full
+    return y[:u.shape[0]]
+
+
+def dplr_solve(d, p, q, b):
+    b_d, p_d = b / d, p / d
+    return b_d - p_d * (q.conj() @ b_d) / (1 + q.conj() @ p_d)
+
+
 ANSWERS = {
     "01.1": fastest_settling,
     "01.2": step_response,
@@ -72,6 +94,9 @@ ANSWERS = {
     "02.1": euler_max_step,
     "02.2": zoh_vs_euler_B,
     "02.3": zoh_recurrence,
+    "03.1": lti_step,
+    "03.2": blocked_causal_conv,
+    "03.3": dplr_solve,
 }
 
 
@@ -122,6 +147,16 @@ MISTAKES = [
     ("02.2", lambda a, tol: zoh_vs_euler_B(a, tol, order=2), "round the slope"),
     ("02.3", lambda *args: zoh_recurrence(*args, shift=1), "own Δ_k"),
     ("02.3", lambda *args: zoh_recurrence(*args, read_before=True), "x_{k−1} vs x_k"),
+    ("03.1", lambda Ad, Bd, C, D, u, h: ((C * h).sum(-1) + D * u, Ad * h + Bd * u[..., None]), "read from the new state"),
+    ("03.1", lambda Ad, Bd, C, D, u, h: ((C * (Ad * h + Bd * u[..., None])).sum(-1), Ad * h + Bd * u[..., None]),
+     "skip term"),
+    ("03.2", _fft_blocks_no_pad, "wraps onto its start"),
+    ("03.2", _blocks_without_tails, "overlap-add"),
+    ("03.2", lambda u, K, block: torch.fft.irfft(torch.fft.rfft(u) * torch.fft.rfft(K, n=u.shape[0]), n=u.shape[0]),
+     "y_k = Σ_j K_j u_{k−j}"),
+    ("03.3", lambda d, p, q, b: b / d - (p / d) * (q @ (b / d)) / (1 + q @ (p / d)), "conjugate transpose"),
+    ("03.3", lambda d, p, q, b: b / d, "rank-1 term"),
+    ("03.3", lambda d, p, q, b: b / d + (p / d) * (q.conj() @ (b / d)) / (1 - q.conj() @ (p / d)), "sign"),
 ]
 
 
@@ -141,3 +176,17 @@ def test_singular_A_is_reported_by_case_name():
 
     result = check_exercise("01.2", with_inverse, verbose=False)
     assert result.status == "FAIL" and "pole at 0" in result.message
+
+
+def test_lti_step_over_a_sequence_is_the_package_recurrence():
+    # the answer to 03.1, stepped token by token from h = 0, equals recurrence_diag's whole-sequence loop
+    g = torch.Generator().manual_seed(5)
+    b, d, n, L = 2, 3, 4, 12
+    Ad, Bd, C = torch.rand(d, n, generator=g), torch.randn(d, n, generator=g), torch.randn(d, n, generator=g)
+    D, u = torch.randn(d, generator=g), torch.randn(b, d, L, generator=g)
+    h, ys = torch.zeros(b, d, n), []
+    for t in range(L):
+        y_t, h = lti_step(Ad, Bd, C, D, u[:, :, t], h)
+        ys.append(y_t)
+    y_ref, h_ref = recurrence_diag(Ad, Bd, C, D, u, return_last_state=True)
+    assert torch.allclose(torch.stack(ys, -1), y_ref, atol=1e-6) and torch.allclose(h, h_ref, atol=1e-6)

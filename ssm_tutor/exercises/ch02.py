@@ -175,16 +175,3 @@ def zoh_steps_cases():
                                                 names=("y (L,)",), mistakes=mistakes,
                                                 hint="for each k: (Ā_k, B̄_k) = zoh(A, B, dts[k]), then "
                                                      "x_k = Ā_k x_{k−1} + B̄_k u_k and y_k = C x_k")
-
-
-# ----------------------------------------------------------------------------------------------
-# shared with chapter 3's checkers
-# ----------------------------------------------------------------------------------------------
-
-def random_zoh_system(rng, n: int, dt: float = 0.1):
-    """A random single-input system (A shifted to be mostly stable), discretised by SciPy's ZOH:
-    (Ā (n, n), B̄ (n, 1)) as NumPy arrays. Shared by the stage-2 and stage-3 checkers."""
-    A = rng.standard_normal((n, n)) - 2.0 * np.eye(n)
-    Ad, Bd, *_ = scipy.signal.cont2discrete((A, rng.standard_normal((n, 1)), np.eye(n), np.zeros((n, 1))),
-                                            dt, method="zoh")
-    return Ad, Bd
