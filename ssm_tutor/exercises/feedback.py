@@ -15,7 +15,6 @@ known typical mistake produces, with that mistake's hint.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -106,11 +105,6 @@ def _as_array(x) -> np.ndarray:
     return np.asarray(x, dtype=np.complex128 if np.iscomplexobj(x) else np.float64)
 
 
-def _plain(message: str) -> str:
-    """NumPy 2 writes scalars as ``np.float64(0.5)``; a learner should read ``0.5``."""
-    return re.sub(r"np\.(?:float|complex|int|uint)\d*\((.*?)\)", r"\1", message)
-
-
 def _number(x) -> float | complex | None:
     """A Python number from a number or a one-element 0-d tensor/array; None otherwise."""
     if isinstance(x, bool):
@@ -157,4 +151,4 @@ def _differs(expected, got, names, atol: float, rtol: float) -> str | None:
         return (f"{name}: expected {expected:.10g}, got {value:.10g} (off by {abs(value - expected):.3g}; "
                 f"tolerance atol={atol:g}, rtol={rtol:g})")
     problem = mismatch(expected, got, atol=atol, rtol=rtol, what=name)
-    return _plain(problem) if problem else None
+    return problem
