@@ -5,6 +5,7 @@ no CUDA device). The interpreter executes each program in Python, so shapes stay
 lets the gradients be compared at gradcheck-level tolerances.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 
 from ssm_tutor.selective import selective_scan_ref
 from ssm_tutor.kernels import launch_config, selective_scan_triton, traffic as T
+from ssm_tutor.kernels.config import H100_SMS, MIN_STATES_PER_PROGRAM, WARP_SCHEDULERS_PER_SM, grid_size
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -67,6 +69,9 @@ CASES = {
     "grouped-g2": (1, 4, 19, 4, dict(groups=2), dict(chunk=8)),
     "ragged-d-and-n": (1, 5, 13, 3, dict(has_z=False), dict(chunk=8, block_d=2)),
     "grouped-g3-odd-channels": (1, 3, 11, 2, dict(groups=3, has_bias=False), dict(chunk=8)),
+    # the state split: programs share a block of channels, each scanning a slice of the n states
+    "state-split-2": (2, 4, 19, 4, dict(groups=2), dict(chunk=8, n_split=2)),
+    "state-split-ragged-slices": (1, 3, 13, 5, dict(has_bias=False), dict(chunk=8, n_split=3)),
 }
 
 
@@ -159,12 +164,55 @@ def test_bad_inputs_raise_errors_naming_the_argument():
 
 
 def test_launch_config_keeps_blocks_inside_one_group_and_tiles_16_bytes_per_thread():
-    cfg = launch_config(d=12, n=5, groups=2, interpreted=False)     # 6 channels per group
+    cfg = launch_config(d=12, n=5, groups=2, batch=64, interpreted=False)     # 6 channels per group
     assert cfg.block_n == 8 and 6 % cfg.block_d == 0
-    # on a GPU a chunk is 8 threads × 16 bytes of consecutive time steps
+    # on a GPU a chunk is 8 threads × 16 bytes of consecutive time steps, a warp 4 channels
     assert launch_config(d=2048, n=16, elem_size=2, interpreted=False).chunk == 64
     assert launch_config(d=2048, n=16, elem_size=4, interpreted=False).chunk == 32
     assert launch_config(d=3, n=16, interpreted=False).block_d == 4          # no wider than d needs
+    for block_d in (4, 8, 16):
+        assert launch_config(d=2048, n=16, batch=8, block_d=block_d, interpreted=False).num_warps == block_d // 4
+
+
+def test_launch_config_fills_an_h100_at_batch_1():
+    """Mamba-130M's inner width d = 1536 at batch 1: 96 programs (384 warps) with one program per
+    16 channels, for 132 SMs and 528 warp schedulers; the state split makes it 384 programs."""
+    programs = lambda b, d, cfg: math.prod(grid_size(b, d, cfg))
+    cfg = launch_config(d=1536, n=16, batch=1, elem_size=2, interpreted=False)
+    assert cfg.n_split == 4 and cfg.block_n == 4 and cfg.states_per_program(16) == 4
+    assert programs(1, 1536, cfg) == 384 >= H100_SMS
+    assert programs(1, 1536, cfg) * cfg.num_warps == 1536 >= WARP_SCHEDULERS_PER_SM * H100_SMS
+    unsplit = launch_config(d=1536, n=16, batch=1, elem_size=2, n_split=1, interpreted=False)
+    assert programs(1, 1536, unsplit) == 96 < H100_SMS                     # what the grid was before
+    # a large batch fills the GPU by itself: no split, no partial outputs to add
+    assert launch_config(d=2048, n=16, batch=8, elem_size=2, interpreted=False).n_split == 1
+    # never fewer than MIN_STATES_PER_PROGRAM states per program, and a smaller GPU needs less
+    assert launch_config(d=64, n=16, batch=1, interpreted=False).n_split == 16 // MIN_STATES_PER_PROGRAM
+    assert launch_config(d=1536, n=16, batch=1, sm_count=16, interpreted=False).n_split == 1
+    with pytest.raises(ValueError, match="n_split must be an integer from 1 to n = 16"):
+        launch_config(d=8, n=16, n_split=17)
+
+
+def test_the_kernel_launches_the_grid_launch_config_chooses(monkeypatch):
+    """Wire-up: the wrapper passes the batch and the GPU's SM count to launch_config and launches
+    its grid. Here a pretend 2-SM GPU asks for a 4-way state split of a single block of channels."""
+    import ssm_tutor.kernels.selective_scan as wrapper
+
+    real_config, real_kernel = wrapper.launch_config, wrapper.selective_scan_fwd_kernel
+    monkeypatch.setattr(wrapper, "launch_config", lambda *a, **kw: real_config(
+        *a, **{**kw, "interpreted": False, "sm_count": 2, "chunk": 8}))
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real_kernel[grid]
+
+    monkeypatch.setattr(wrapper, "selective_scan_fwd_kernel", Recorder())
+    args = make_inputs(1, 8, 11, 16, requires_grad=False)
+    y = selective_scan_triton(**args, delta_softplus=True)
+    assert grids == [(1, 1, 4)]                    # batch 1 × one block of 8 channels × 4 slices of n
+    torch.testing.assert_close(y, selective_scan_ref(**args, delta_softplus=True), atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter switch only matters on a CPU")
