@@ -20,8 +20,8 @@ __all__ = ["LaunchConfig", "launch_config", "grid_size", "H100_SMS", "WARP_SCHED
 H100_SMS = 132
 #: Warp schedulers (SM sub-partitions) per SM on Volta, Ampere and Hopper: each issues for its own warps.
 WARP_SCHEDULERS_PER_SM = 4
-#: Warps in flight per scheduler that the default grid aims for (one hides little latency).
-WARPS_PER_SCHEDULER = 2
+#: Warps per scheduler that the default grid aims for: every scheduler gets one.
+WARPS_PER_SCHEDULER = 1
 #: A program keeps at least this many state indices (a split finer than that only adds partial outputs).
 MIN_STATES_PER_PROGRAM = 4
 
@@ -78,9 +78,10 @@ def launch_config(d: int, n: int, groups: int = 0, *, batch: int = 1, elem_size:
     schedulers. Smaller blocks do not add warps (each warp still owns 4 channels); splitting the
     state index does: ``n_split`` programs share one block of channels, each scanning ⌈n / n_split⌉
     of the n state indices, and their partial outputs are added afterwards. The default doubles
-    ``n_split`` (keeping at least 4 state indices per program) until the grid has
-    2 warps per warp scheduler of ``sm_count`` SMs (132 when not given), so large batches keep
-    n_split = 1 and pay nothing.
+    ``n_split`` (keeping at least 4 state indices per program) until the grid has a warp for every
+    warp scheduler of ``sm_count`` SMs (132 when not given). The split is not free: each slice
+    writes a partial y (and, in the backward, partial ∂u, ∂Δ, ∂z) in float32 that the wrapper adds
+    up, so large batches, which fill the GPU anyway, keep n_split = 1.
 
     A block of channels must not straddle two groups of B and C, so with g > 1 groups BLOCK_D also
     divides d / g. Under the interpreter (``interpreted``; default: ``TRITON_INTERPRET=1``) smaller
