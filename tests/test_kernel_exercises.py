@@ -152,3 +152,47 @@ def test_stub_is_not_attempted_and_a_malformed_answer_fails_cleanly(exercise_id)
     assert check_exercise(exercise_id, stub, verbose=False).status == "NOT ATTEMPTED"
     result = check_exercise(exercise_id, lambda *args: "not a tensor", verbose=False)
     assert result.status == "FAIL" and "expected a t" in result.message, result.message
+
+
+# ---- end to end: `ssm-tutor check` on notebook 06's own exercise cells, with a mistake in each ----
+MISTAKES = {   # grade id of the solution cell: (text of the right answer, a typical mistake, hint expected)
+    "ex06-1-solution": ("a_ptr + row * length + t + 1, mask=t + 1 < length", "a_ptr + row * length + t, mask=t < length",
+                        "not a_t"),
+    "ex06-2-solution": ("y = (tl.sum(hs * Ct, axis=1) + D[:, None] * u) * z * tl.sigmoid(z)",
+                        "y = tl.sum(hs * Ct, axis=1) * z * tl.sigmoid(z) + D[:, None] * u",
+                        "the skip goes inside the gate"),
+    "ex06-3-solution": ("dsilu = sig * (1 + z * (1 - sig))", "dsilu = sig", "not σ(z)"),
+}
+
+
+def test_ssm_tutor_check_fails_each_typical_mistake_in_the_notebook(tmp_path):
+    """The setup cell and the exercise cells of notebooks/06_triton_kernel.ipynb, each solution with
+    one typical mistake: `ssm-tutor check` must report FAIL, with the mistake's hint, for every one."""
+    import pathlib
+    import subprocess
+    import sys
+
+    import nbformat
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    nb = nbformat.read(root / "notebooks" / "06_triton_kernel.ipynb", as_version=4)
+    setup = next(c for c in nb.cells if c.cell_type == "code")
+    keep, first = [setup], nb.cells.index(setup)
+    for i, cell in enumerate(nb.cells):
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
+        if grade_id in MISTAKES:
+            right, wrong, _ = MISTAKES[grade_id]
+            assert right in cell.source, f"{grade_id}: the notebook's solution changed; update MISTAKES"
+            mistaken = nbformat.from_dict(dict(cell, source=cell.source.replace(right, wrong)))
+            keep += [nb.cells[i - 2], nb.cells[i - 1], mistaken, nb.cells[i + 1], nb.cells[i + 2]]
+    assert len(keep) == 1 + 5 * len(MISTAKES) and first == 1
+    nb.cells = keep
+    path = tmp_path / "06_mistakes.ipynb"
+    nbformat.write(nb, path)
+    done = subprocess.run([sys.executable, "-m", "ssm_tutor.cli", "check", str(path)], capture_output=True,
+                          text=True, timeout=600, cwd=root)
+    assert done.returncode == 1, done.stdout + done.stderr
+    for ex_id, (_, _, hint) in zip(("06.1", "06.2", "06.3"), MISTAKES.values()):
+        line = next((l for l in done.stdout.splitlines() if f"Exercise {ex_id} [FAIL]" in l), None)
+        assert line is not None and hint in line, done.stdout
+    assert "0 passed, 3 failed, 0 not attempted, 0 other errors" in done.stdout, done.stdout
