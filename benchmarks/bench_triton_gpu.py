@@ -287,12 +287,14 @@ def compile_check(args):
     ok = True
     for dt in args.dtypes:
         io = dt
-        cfg = launch_config(args.dim, args.dstate, elem_size=element_size(dt), block_d=args.block_d,
-                            chunk=args.chunk, num_warps=args.num_warps, interpreted=False)
+        cfg = launch_config(args.dim, args.dstate, batch=args.batch, elem_size=element_size(dt),
+                            block_d=args.block_d, chunk=args.chunk, num_warps=args.num_warps,
+                            n_split=args.n_split, interpreted=False)
         flags = dict(BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, CHUNK=cfg.chunk, HAS_D=True, HAS_Z=True,
                      HAS_BIAS=True, SOFTPLUS=True)
-        for kernel, extra in ((selective_scan_fwd_kernel, dict(SAVE_STATES=True)),
-                              (selective_scan_bwd_kernel, dict(HAS_DLAST=False))):
+        split = dict(SPLIT=cfg.n_split > 1)
+        for kernel, extra in ((selective_scan_fwd_kernel, dict(SAVE_STATES=True, **split)),
+                              (selective_scan_bwd_kernel, dict(HAS_DLAST=False, **split))):
             consts = dict(flags, **extra)
             sig, attrs = {}, {}
             for i, name in enumerate(kernel.arg_names):
@@ -319,7 +321,8 @@ def compile_check(args):
             info = " ".join(line.split(":", 1)[-1].strip() for line in res.stderr.splitlines()
                             if "registers" in line or "spill" in line)
             ok &= res.returncode == 0
-            print(f"{kernel.fn.__name__:<28} {dt:>4} BLOCK_D={cfg.block_d:<3} CHUNK={cfg.chunk:<4} "
+            print(f"{kernel.fn.__name__:<28} {dt:>4} BLOCK_D={cfg.block_d:<3} BLOCK_N={cfg.block_n:<3} "
+                  f"n_split={cfg.n_split} CHUNK={cfg.chunk:<4} "
                   f"warps={cfg.num_warps}: {'compiled' if res.returncode == 0 else 'ptxas FAILED'}; {info}")
     return 0 if ok else 1
 

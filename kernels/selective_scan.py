@@ -81,7 +81,7 @@ class SelectiveScanTriton(torch.autograd.Function):
             d, l, n, g, n_chunks, cfg.states_per_program(n), b * d * l if split else 0,
             BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, CHUNK=cfg.chunk,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), SAVE_STATES=save, num_warps=cfg.num_warps,
+            SOFTPLUS=bool(delta_softplus), SAVE_STATES=save, SPLIT=split, num_warps=cfg.num_warps,
         )
         if split:
             y = y.sum(0).to(u.dtype)
@@ -121,7 +121,7 @@ class SelectiveScanTriton(torch.autograd.Function):
             d, l, n, g, n_chunks, cfg.states_per_program(n), b * d * l if S > 1 else 0, b * d,
             BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, CHUNK=cfg.chunk,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, HAS_DLAST=dlast is not None, num_warps=cfg.num_warps,
+            SOFTPLUS=softplus, HAS_DLAST=dlast is not None, SPLIT=S > 1, num_warps=cfg.num_warps,
         )
         if S > 1:
             du, ddelta = du.sum(0).to(u.dtype), ddelta.sum(0).to(delta.dtype)

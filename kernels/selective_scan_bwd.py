@@ -44,17 +44,25 @@ def selective_scan_bwd_kernel(
     dim, length, dstate, groups, n_chunks, states_per, dl_slice, d_slice,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr,
+    HAS_DLAST: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    # Layouts as in the forward; dy (b, d, l); du, ddelta, dz (S, b, d, l), slices dl_slice
-    # elements apart (0 when n is not split); dB, dC (b, groups, n, l) in the compute dtype
+    # Layouts as in the forward; dy (b, d, l); du, ddelta, dz (b, d, l), or (S, b, d, l) with
+    # SPLIT, slices dl_slice elements apart; dB, dC (b, groups, n, l) in the compute dtype
     # (atomics); dA_part (b, d, n); dD_part (b, d); dbias_part (S, b, d), slices d_slice apart.
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)          # (BD,)
-    k_first = pid_s * states_per                              # my state indices: k_first ... k_stop - 1
-    k_stop = tl.minimum(k_first + states_per, dstate)
+    if SPLIT:   # my state indices are k_first ... k_stop - 1, my share of du, ddelta, dz is slice pid_s
+        k_first = pid_s * states_per
+        k_stop = tl.minimum(k_first + states_per, dstate)
+        du_ptr += pid_s * dl_slice
+        ddelta_ptr += pid_s * dl_slice
+        dz_ptr += pid_s * dl_slice
+        dbias_part_ptr += pid_s * d_slice
+    else:       # (a separate branch: the slice offsets alone cost registers)
+        k_first = 0
+        k_stop = dstate
     offs_n = tl.arange(0, BLOCK_N)                            # (BN,) column j holds state k_first + j
     offs_t = tl.arange(0, CHUNK)                              # (T,)
     mask_d = offs_d < dim
@@ -76,7 +84,6 @@ def selective_scan_bwd_kernel(
     state_row = (pid_b * dim + offs_d) * n_chunks * dstate
     dn_row = (pid_b * dim + offs_d) * dstate                   # rows of (b, d, n) buffers
     dn_cols = dn_row[:, None] + k_first + offs_n[None, :]      # (BD, BN) my columns of them
-    dl_out = pid_s * dl_slice                                  # my slice of du, ddelta, dz
 
     # G_carry[:, j] = ∂L/∂h at the first position of the chunk after this one (for the final
     # chunk: the last state's gradient, which the padded positions pass through unchanged).
@@ -150,16 +157,16 @@ def selective_scan_bwd_kernel(
         if HAS_Z:
             y_pre = y_ssm + D[:, None] * u                     # the output before the gate (my share)
             dz = dy * y_pre * sig * (1.0 + z * (1.0 - sig))    # d SiLU(z)/dz = σ(z)(1 + z(1 - σ(z)))
-            tl.store(dz_ptr + dl_out + tile, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
+            tl.store(dz_ptr + tile, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
         dD_acc += tl.sum(dy_ssm * u, axis=1)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(raw + bias[:, None])        # softplus'(x) = σ(x)
         ddt = tl.where(m_dt, ddt, 0.0)
         dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(du_ptr + dl_out + tile, du.to(du_ptr.dtype.element_ty), mask=m_dt)
-        tl.store(ddelta_ptr + dl_out + tile, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(du_ptr + tile, du.to(du_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(ddelta_ptr + tile, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
 
     tl.store(dA_part_ptr + dn_cols, dA_acc, mask=mask_dn)
     bd_row = pid_b * dim + offs_d
     tl.store(dD_part_ptr + bd_row, dD_acc, mask=mask_d & (pid_s == 0))
-    tl.store(dbias_part_ptr + pid_s * d_slice + bd_row, dbias_acc, mask=mask_d)
+    tl.store(dbias_part_ptr + bd_row, dbias_acc, mask=mask_d)

@@ -42,17 +42,23 @@ def selective_scan_fwd_kernel(
     dim, length, dstate, groups, n_chunks, states_per, y_slice,        # sizes
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_STATES: tl.constexpr,
+    SAVE_STATES: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    # Layouts (all contiguous): u, delta, z (b, d, l); y (S, b, d, l), slices y_slice elements
-    # apart (one slice, y_slice = 0, when n is not split); A (d, n); B, C (b, groups, n, l);
-    # D, bias (d,); states (b, d, n_chunks, n); last (b, d, n).
+    # Layouts (all contiguous): u, delta, z (b, d, l); y (b, d, l), or (S, b, d, l) with SPLIT,
+    # slices y_slice elements apart; A (d, n); B, C (b, groups, n, l); D, bias (d,);
+    # states (b, d, n_chunks, n); last (b, d, n).
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     pid_s = tl.program_id(2)                                  # which slice of the state indices
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)          # (BD,) this program's channels
-    k_first = pid_s * states_per                              # my state indices: k_first ... k_stop - 1
-    k_stop = tl.minimum(k_first + states_per, dstate)
+    if SPLIT:   # my state indices are k_first ... k_stop - 1, my output is slice pid_s
+        k_first = pid_s * states_per
+        k_stop = tl.minimum(k_first + states_per, dstate)
+        y_out = y_ptr + pid_s * y_slice
+    else:       # (a separate branch: the slice offset alone costs ~30 registers per thread)
+        k_first = 0
+        k_stop = dstate
+        y_out = y_ptr
     offs_n = tl.arange(0, BLOCK_N)                            # (BN,) column j holds state k_first + j
     offs_t = tl.arange(0, CHUNK)                              # (T,)  position inside a chunk
     mask_d = offs_d < dim
@@ -72,7 +78,6 @@ def selective_scan_fwd_kernel(
     row = (pid_b * dim + offs_d) * length                      # (BD,) start of each channel's row
     bc_start = (pid_b * groups + group) * dstate * length      # start of B[b, group], C[b, group]
     state_row = (pid_b * dim + offs_d) * n_chunks * dstate     # (BD,) rows of the checkpoints
-    y_out = y_ptr + pid_s * y_slice                            # my slice of the output
 
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=acc)                # the carried state: registers
     for c in range(0, n_chunks):
