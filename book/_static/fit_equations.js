@@ -1,9 +1,9 @@
 /* Wide display equations: shrink each one that is wider than the text column until it fits,
- * down to MIN_SCALE of its size; past that it scrolls sideways (book.css). Runs once MathJax 3
+ * down to MIN_SCALE (70 %) of its size; past that it scrolls sideways (book.css). Runs once MathJax 3
  * has typeset the page, and again when the window is resized. */
 (function () {
   "use strict";
-  var MIN_SCALE = 0.75;
+  var MIN_SCALE = 0.7;
 
   function fit() {
     document.querySelectorAll('mjx-container[display="true"]').forEach(function (eq) {
