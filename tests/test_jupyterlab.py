@@ -268,3 +268,18 @@ def test_no_news_popup_no_nbgrader_and_a_quiet_server(lab):
     assert not errors, "the JupyterLab server logged errors:\n" + "\n".join(errors)
     severe = [m for m in opening if m.startswith("SEVERE")]
     assert not severe, f"JupyterLab's browser console reported errors while the notebooks opened: {severe}"
+
+
+def test_every_committed_notebook_is_normalized_for_jupyterlab():
+    """What the browser tests check on one chapter holds for all: kernelspec as JupyterLab writes it,
+    widget placeholders replaced (scripts/normalize_notebooks.py; execute_notebooks.sh runs it)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from normalize_notebooks import normalize
+    finally:
+        sys.path.pop(0)
+    import nbformat
+
+    pending = {path.name: changes for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+               if (changes := normalize(nbformat.read(path, as_version=4)))}
+    assert not pending, f"run `python scripts/normalize_notebooks.py`: {pending}"
