@@ -158,11 +158,11 @@ function panelOf(path) {
 async function showCell(panel, index) {
   const nb = panel.content;
   window.jupyterapp.shell.activateById(panel.id);
-  await waitFor(() => panel.isVisible, 10000);
+  await waitFor(() => panel.node.offsetParent !== null, 10000);       // its tab is shown
   nb.activeCellIndex = index;
   await nb.scrollToItem(index, 'center');
   const cell = nb.widgets[index];
-  await waitFor(() => cell.node.isConnected && cell.isVisible
+  await waitFor(() => cell.node.isConnected
                       && (cell.model.type !== 'markdown' || cell.node.querySelector('.jp-MarkdownOutput, .myst')), 15000);
   await sleep(300);
   return cell;
