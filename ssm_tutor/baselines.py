@@ -51,40 +51,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_tutor.scan import selective_scan
-from ssm_tutor.tasks import _check_positive   # "name must be a positive integer, got …"
+from ssm_tutor.validate import check_cache, check_positive, check_token_ids
 
-__all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "check_input_ids",
+__all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes",
            "save_pretrained", "load_pretrained", "lti_kernel"]
 
 POS_ENCODINGS = ("rope", "learned", "sinusoidal")
 MIXERS = ("selective", "lti")
-
-
-# ----------------------------------------------------------------------------------------------
-# input checks shared by every model
-# ----------------------------------------------------------------------------------------------
-def check_input_ids(input_ids, vocab_size: int, name: str = "input_ids", dim: int = 2) -> None:
-    """Raise a clear error unless ``input_ids`` is an integer tensor of ``dim`` dims with ids in [0, vocab)."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids (e.g. torch.long), got dtype {input_ids.dtype}")
-    shape = "(batch, length)" if dim == 2 else "(batch,)"
-    if input_ids.dim() != dim:
-        raise ValueError(f"{name} must have shape {shape}, got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got values in "
-                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
-
-
-def check_step_arguments(token_ids, vocab_size: int, cache, cache_type: type, cache_name: str) -> None:
-    """The checks every ``step(token_ids, cache)`` makes: ids (b,) in range, and a cache of the
-    right type (``cache_name``, e.g. "a KVCache") made for the same batch."""
-    check_input_ids(token_ids, vocab_size, "token_ids", dim=1)
-    if not isinstance(cache, cache_type):
-        raise TypeError(f"cache must be {cache_name} from init_cache, got {type(cache).__name__}")
-    if cache.batch != token_ids.shape[0]:
-        raise ValueError(f"token_ids has batch {token_ids.shape[0]} but the cache was made for batch {cache.batch}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +165,7 @@ class TransformerLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
                  max_len: int = 256, pos_encoding: str = "rope"):
         super().__init__()
-        _check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=max_len)
+        check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=max_len)
         if pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {pos_encoding!r}")
         if d_model % n_heads:
@@ -225,7 +198,7 @@ class TransformerLM(nn.Module):
         return x
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_input_ids(input_ids, self.vocab_size)
+        check_token_ids(input_ids, self.vocab_size)
         x = self._embed(input_ids, 0)
         for layer in self.layers:
             x = layer(x)
@@ -233,7 +206,7 @@ class TransformerLM(nn.Module):
 
     def init_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         """An empty KV cache for ``batch`` sequences, room for ``capacity`` tokens (default max_len)."""
-        _check_positive(batch=batch)
+        check_positive(batch=batch)
         cap = capacity or self.max_len
         p = self.embedding.weight
         a = self.layers[0].attn
@@ -242,7 +215,8 @@ class TransformerLM(nn.Module):
 
     def step(self, token_ids: torch.Tensor, cache: KVCache):
         """One token per sequence: token_ids (b,) -> (logits (b, vocab), cache updated in place)."""
-        check_step_arguments(token_ids, self.vocab_size, cache, KVCache, "a KVCache")
+        check_token_ids(token_ids, self.vocab_size, name="token_ids", dim=1)
+        check_cache(cache, KVCache, token_ids.shape[0])
         if cache.length == cache.k[0].shape[2]:                                # full: double the room
             cache.k = [torch.cat([k, torch.zeros_like(k)], dim=2) for k in cache.k]
             cache.v = [torch.cat([v, torch.zeros_like(v)], dim=2) for v in cache.v]
@@ -376,7 +350,7 @@ class SSMLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
                  expand: int = 2, d_conv: int = 4, mixer: str = "selective", gated: bool = True):
         super().__init__()
-        _check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
+        check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
                         expand=expand, d_conv=d_conv)
         if mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
@@ -394,7 +368,7 @@ class SSMLM(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.02)            # small logits at the start: loss ≈ log V
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_input_ids(input_ids, self.vocab_size)
+        check_token_ids(input_ids, self.vocab_size)
         x = self.embedding(input_ids)                               # (b, l, d_model)
         for layer in self.layers:
             x = layer(x)
@@ -402,7 +376,7 @@ class SSMLM(nn.Module):
 
     def init_cache(self, batch: int) -> SSMCache:
         """Zero state for ``batch`` sequences: its size does not depend on the length."""
-        _check_positive(batch=batch)
+        check_positive(batch=batch)
         p = self.embedding.weight
         blk = self.layers[0]
         return SSMCache([p.new_zeros(batch, blk.d_inner, blk.conv1d.kernel_size[0]) for _ in self.layers],
@@ -410,7 +384,8 @@ class SSMLM(nn.Module):
 
     def step(self, token_ids: torch.Tensor, cache: SSMCache):
         """token_ids (b,) -> (logits (b, vocab), cache updated in place), equal to forward's last position."""
-        check_step_arguments(token_ids, self.vocab_size, cache, SSMCache, "an SSMCache")
+        check_token_ids(token_ids, self.vocab_size, name="token_ids", dim=1)
+        check_cache(cache, SSMCache, token_ids.shape[0])
         x = self.embedding(token_ids)                               # (b, d_model)
         for i, layer in enumerate(self.layers):
             x, cache.conv[i], cache.ssm[i] = layer.step(x, cache.conv[i], cache.ssm[i])

@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_tutor.scan import selective_scan   # stage 5 (picks stage 6's Triton kernel on a GPU)
+from ssm_tutor.validate import check_token_ids
 
 __all__ = ["MambaConfig", "RMSNorm", "MambaMixer", "MambaBlock", "MambaBackbone", "MambaLM",
            "MambaCache", "CheckpointError", "causal_conv_step", "selective_ssm_step"]
@@ -467,27 +468,10 @@ class MambaLM(nn.Module):
             store_input_major_(self.lm_head)
 
     # ---- parallel form ----------------------------------------------------------------------
-    def _check_ids(self, ids: torch.Tensor, name: str, dim: int, shape: str) -> None:
-        if not isinstance(ids, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-        if ids.dtype != torch.long:
-            raise TypeError(f"{name} must have dtype torch.long (int64), got {ids.dtype}")
-        if ids.dim() != dim:
-            raise ValueError(f"{name} must have shape {shape}, got shape {tuple(ids.shape)}")
-        if ids.numel() == 0:
-            raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); give at least one token")
-        device = self.lm_head.weight.device
-        if ids.device != device:
-            raise ValueError(f"{name} is on device {ids.device} but the model is on {device}")
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise ValueError(f"{name} holds ids in [{lo}, {hi}] but vocab_size is {self.config.vocab_size}: "
-                             f"every id must be in [0, {self.config.vocab_size - 1}]")
-
     def forward(self, input_ids: torch.Tensor, return_cache: bool = False):
         """input_ids (b, l) int64 -> logits (b, l, V) (float32), and the cache after the last
         token when ``return_cache`` (so :meth:`step` can continue the sequence)."""
-        self._check_ids(input_ids, "input_ids", 2, "(batch, length)")
+        check_token_ids(input_ids, self.config.vocab_size, device=self.lm_head.weight.device)
         out = self.backbone(input_ids, return_states=return_cache)   # (b, l, D) [, states]
         x, states = out if return_cache else (out, None)
         logits = self.lm_head(x.to(self.lm_head.weight.dtype)).float()   # (b, l, V)
@@ -522,7 +506,7 @@ class MambaLM(nn.Module):
     def step(self, token_ids: torch.Tensor, cache: MambaCache):
         """Read one token per sequence: token_ids (b,) -> (logits (b, V), cache), the cache
         updated in place. Memory does not grow with the number of tokens read."""
-        self._check_ids(token_ids, "token_ids", 1, "(batch,)")
+        check_token_ids(token_ids, self.config.vocab_size, name="token_ids", dim=1, device=self.lm_head.weight.device)
         if not isinstance(cache, MambaCache):
             raise TypeError(f"cache must be a MambaCache (from init_cache or forward(return_cache=True)), "
                             f"got {type(cache).__name__}")
@@ -542,7 +526,7 @@ class MambaLM(nn.Module):
         (greedy); otherwise tokens are sampled from softmax(logits / temperature), restricted to
         the ``top_k`` most likely when given, with a generator seeded by ``seed``.
         """
-        self._check_ids(input_ids, "input_ids", 2, "(batch, length)")
+        check_token_ids(input_ids, self.config.vocab_size, device=self.lm_head.weight.device)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ssm_tutor.selective import selective_scan_ref, validate_scan_args
+from ssm_tutor.selective import selective_scan_ref
+from ssm_tutor.validate import validate_scan_args
 
 __all__ = [
     "combine",

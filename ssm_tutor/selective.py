@@ -35,101 +35,10 @@ import torch.nn.functional as F
 
 from ssm_tutor.convolution import causal_conv, s4d_kernel
 from ssm_tutor.discretize import mamba_diag
+from ssm_tutor.validate import check_layer_input, validate_scan_args
 
 __all__ = ["selective_scan_ref", "validate_scan_args", "expand_groups", "ssm_operator_matrix",
            "SelectiveSSM", "TimeInvariantSSM", "s4d_real_A_log", "dt_bias_init", "inverse_softplus"]
-
-
-# ----------------------------------------------------------------------------------------------
-# argument checks shared by every scan implementation
-# ----------------------------------------------------------------------------------------------
-
-def _shape_error(name: str, expected: str, got: torch.Tensor) -> ValueError:
-    return ValueError(f"{name} must have shape {expected}, got shape {tuple(got.shape)}")
-
-
-def validate_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, check_finite: bool = True):
-    """Check the selective-scan arguments against the official layout and return
-    ``(batch, d, length, n, groups)``; ``groups`` is 0 for B, C of shape (b, n, l).
-
-    Shapes: u, delta, z (b, d, l) with l ≥ 1; A (d, n); B, C (b, n, l) or (b, g, n, l) with
-    g dividing d; D, delta_bias (d,). Nothing is broadcast.
-
-    Types: every argument is a real floating-point ``torch.Tensor`` on u's device;
-    delta and z have u's dtype; B and C share one dtype; float64 is all-or-nothing (mixing it
-    with lower precisions would silently lose precision). A, D and delta_bias may be float32
-    while u is float16/bfloat16, as in the official kernel.
-
-    Values: with ``check_finite`` (the default) a NaN or infinite entry raises.
-
-    Every mismatch raises (TypeError for a wrong type or dtype, ValueError for a wrong shape,
-    device or value) with a message naming the argument, what was expected and what came.
-    """
-    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    for name in ("u", "delta", "A", "B", "C"):
-        if tensors[name] is None:
-            raise TypeError(f"{name} is required, got None")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.is_complex():
-            raise TypeError(f"{name} must be real; complex tensors (dtype {t.dtype}) are not supported here")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"{name} is on device {t.device} but u is on {u.device}; move them to one device")
-    for name in ("delta", "z"):
-        t = tensors[name]
-        if t is not None and t.dtype != u.dtype:
-            raise TypeError(f"{name} must have u's dtype {u.dtype}, got {t.dtype}")
-    if C.dtype != B.dtype:
-        raise TypeError(f"C must have B's dtype {B.dtype}, got {C.dtype}")
-    wide = [name for name, t in tensors.items() if t is not None and t.dtype == torch.float64]
-    if wide and len(wide) != sum(t is not None for t in tensors.values()):
-        narrow = [f"{name} ({t.dtype})" for name, t in tensors.items() if t is not None and t.dtype != torch.float64]
-        raise TypeError(f"float64 must be used for all arguments or none: {', '.join(wide)} are float64 "
-                        f"but {', '.join(narrow)} are not")
-
-    if u.dim() != 3:
-        raise _shape_error("u", "(batch, d, length)", u)
-    b, d, l = u.shape
-    if l == 0:
-        raise ValueError("u has length 0: the scan needs at least one time step")
-    if delta.shape != u.shape:
-        raise _shape_error("delta", f"(batch, d, length) = {tuple(u.shape)} like u", delta)
-    if A.dim() != 2 or A.shape[0] != d:
-        raise _shape_error("A", f"(d, n) with d = {d}", A)
-    n = A.shape[1]
-    groups = 0
-    for name, t in (("B", B), ("C", C)):
-        if t.dim() == 3:
-            if t.shape != (b, n, l):
-                raise _shape_error(name, f"(batch, n, length) = {(b, n, l)}", t)
-        elif t.dim() == 4:
-            g = t.shape[1]
-            if t.shape[0] != b or t.shape[2:] != (n, l) or g == 0 or d % g != 0:
-                raise _shape_error(name, f"(batch, groups, n, length) = ({b}, g, {n}, {l}) with g dividing d = {d}", t)
-            if groups and g != groups:
-                raise ValueError(f"B has {groups} groups but C has {g}; they must agree")
-            groups = g
-        else:
-            raise _shape_error(name, f"(batch, n, length) = {(b, n, l)} or (batch, groups, n, length)", t)
-    if (B.dim() == 4) != (C.dim() == 4):
-        raise ValueError(f"B and C must both be grouped or both not: got B {tuple(B.shape)}, C {tuple(C.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (d,):
-            raise _shape_error(name, f"(d,) = ({d},)", t)
-    if z is not None and z.shape != u.shape:
-        raise _shape_error("z", f"(batch, d, length) = {tuple(u.shape)} like u", z)
-
-    if check_finite:
-        for name, t in tensors.items():
-            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                raise ValueError(f"{name} contains {bad} NaN or infinite value(s) out of {t.numel()}")
-    return b, d, l, n, groups
 
 
 def expand_groups(B: torch.Tensor, d: int) -> torch.Tensor:
@@ -267,15 +176,6 @@ def dt_bias_init(d: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floo
     return inverse_softplus(dt.clamp(min=dt_init_floor))                       # (d,)
 
 
-def _check_layer_input(x: torch.Tensor, d: int, where: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 3 or x.shape[-1] != d:
-        raise ValueError(f"{where}: x must have shape (batch, length, d) with d = {d}, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{where}: x must be a floating-point tensor, got dtype {x.dtype}")
-
-
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 -> float32; float32 and float64 unchanged."""
     return t.to(_compute_dtype(t.dtype))
@@ -347,13 +247,13 @@ class SelectiveSSM(nn.Module):
     def selection(self, x: torch.Tensor):
         """The input-dependent parameters, for inspection: Δ (b, l, d) after bias and softplus,
         B (b, l, n) and C (b, l, n)."""
-        _check_layer_input(x, self.d, "SelectiveSSM")
+        check_layer_input(x, self.d, "SelectiveSSM")
         dt, B, C = self._project(x)
         return F.softplus(dt + self.dt_proj.bias), B, C
 
     def forward(self, x: torch.Tensor, return_last_state: bool = False):
         """x (batch, length, d) -> y (batch, length, d) [, last state (batch, d, n)]."""
-        _check_layer_input(x, self.d, "SelectiveSSM")
+        check_layer_input(x, self.d, "SelectiveSSM")
         dt, B, C = self._project(x)
         p = _param_dtype(x)
         out = self.scan(x.transpose(1, 2), dt.transpose(1, 2), self.A.to(p), B.transpose(1, 2), C.transpose(1, 2),
@@ -409,7 +309,7 @@ class TimeInvariantSSM(nn.Module):
 
     def forward(self, x: torch.Tensor, return_last_state: bool = False, mode: str = "scan"):
         """x (batch, length, d) -> y (batch, length, d) [, last state (batch, d, n), scan mode only]."""
-        _check_layer_input(x, self.d, "TimeInvariantSSM")
+        check_layer_input(x, self.d, "TimeInvariantSSM")
         b, l, d = x.shape
         if mode == "convolution":
             if return_last_state:

@@ -419,7 +419,7 @@ def test_config_with_wrong_intermediate_size_is_refused(tmp_path):
 
 @pytest.mark.parametrize("ids, error, message", [
     (torch.zeros(2, 3), TypeError, "torch.long"),
-    (torch.zeros(2, 3, dtype=torch.int32), TypeError, "torch.long"),
+    (torch.zeros(2, 3, dtype=torch.int16), TypeError, "torch.long"),
     (torch.zeros(3, dtype=torch.long), ValueError, r"\(batch, length\)"),
     (torch.full((1, 3), 101), ValueError, "vocab_size is 101"),
     (torch.tensor([[0, -1]]), ValueError, r"\[-1, 0\]"),
