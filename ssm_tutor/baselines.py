@@ -41,7 +41,6 @@ safetensors file holds the ``state_dict`` without ``lm_head.weight`` (tied to th
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_tutor.scan import selective_scan
+from ssm_tutor.checkpoint import CheckpointError, load_state, read_config, read_tensors, write_checkpoint
 from ssm_tutor.validate import check_cache, check_positive, check_token_ids
 
 __all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes",
@@ -420,39 +420,22 @@ _CLASSES = {TransformerLM.model_type: TransformerLM, SSMLM.model_type: SSMLM}
 
 def save_pretrained(model: nn.Module, directory) -> None:
     """Write ``config.json`` ({"model_type": …, constructor arguments}) and ``model.safetensors``
-    (the state_dict without the tied ``lm_head.weight``)."""
-    from safetensors.torch import save_file
-
+    (the state_dict without the tied ``lm_head.weight``), atomically (ssm_tutor.checkpoint)."""
     if type(model).model_type not in _CLASSES:
         raise TypeError(f"model must be a TransformerLM or SSMLM, got {type(model).__name__}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps({"model_type": model.model_type, **model.config}, indent=2) + "\n")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, str(d / "model.safetensors"))
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    write_checkpoint(directory, {"model_type": model.model_type, **model.config}, state)
 
 
 def load_pretrained(directory) -> nn.Module:
-    """Load a model written by :func:`save_pretrained`; a missing or unexpected key raises KeyError."""
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"directory {str(d)!r} has no {name}")
-    config = json.loads((d / "config.json").read_text())
+    """Load a model written by :func:`save_pretrained`; every missing, unexpected or mis-shaped
+    weight is named (:class:`ssm_tutor.checkpoint.CheckpointError`)."""
+    config = read_config(directory)
     model_type = config.pop("model_type", None)
     if model_type not in _CLASSES:
-        raise ValueError(f"{d / 'config.json'}: model_type must be one of {sorted(_CLASSES)}, got {model_type!r}")
-    model = _CLASSES[model_type](**config)
-    state = load_file(str(d / "model.safetensors"))
-    expected = {k for k in model.state_dict() if k != "lm_head.weight"}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected:
-        raise KeyError(f"{d / 'model.safetensors'}: missing keys {missing}, unexpected keys {unexpected}")
-    for k, v in model.state_dict().items():
-        if k in state and state[k].shape != v.shape:
-            raise ValueError(f"{d / 'model.safetensors'}: {k} has shape {tuple(state[k].shape)}, "
-                             f"the config expects {tuple(v.shape)}")
-    model.load_state_dict(state, strict=False)
+        raise CheckpointError(f"{Path(directory) / 'config.json'}: model_type must be one of {sorted(_CLASSES)}, "
+                              f"got {model_type!r}")
+    cls = _CLASSES[model_type]
+    model = cls(**config)
+    load_state(model, read_tensors(directory), what=cls.__name__, tied={"lm_head.weight": "embedding.weight"})
     return model.eval()

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -49,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_tutor.scan import selective_scan   # stage 5 (picks stage 6's Triton kernel on a GPU)
+from ssm_tutor.checkpoint import CheckpointError, load_state, read_config, read_tensors, resolve_directory, write_checkpoint
 from ssm_tutor.validate import check_token_ids
 
 __all__ = ["MambaConfig", "RMSNorm", "MambaMixer", "MambaBlock", "MambaBackbone", "MambaLM",
@@ -442,10 +442,6 @@ class MambaCache:
         return sum(t.numel() * t.element_size() for t in self.conv_states + self.ssm_states)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: missing, unexpected, mis-shaped or non-finite weights."""
-
-
 # --------------------------------------------------------------------------------------------
 # The language model
 # --------------------------------------------------------------------------------------------
@@ -562,24 +558,18 @@ class MambaLM(nn.Module):
                 token = choose(self._step(token, cache, As))
         return out
 
-    # ---- checkpoints ------------------------------------------------------------------------
-    def _checkpoint_keys(self) -> dict:
-        """The state dict as stored in a checkpoint (no ``lm_head.weight`` when tied)."""
-        sd = self.state_dict()
-        if self.config.tie_word_embeddings:
-            sd.pop("lm_head.weight")
-        return sd
+    # ---- checkpoints (ssm_tutor.checkpoint) --------------------------------------------------
+    def _tied(self) -> dict:
+        """The checkpoint key that is a copy of another (the tied head), for load_state."""
+        return {"lm_head.weight": "backbone.embeddings.weight"} if self.config.tie_word_embeddings else {}
 
     def save_pretrained(self, path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (Hugging Face Mamba layout) into ``path``."""
-        from safetensors.torch import save_file
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face Mamba layout) into ``path``,
+        atomically (see :func:`ssm_tutor.checkpoint.write_checkpoint`; NaN weights are refused)."""
         cfg = self.config.to_dict()
         cfg["dtype"] = str(self.lm_head.weight.dtype).removeprefix("torch.")
-        (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self._checkpoint_keys().items()}
-        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+        tensors = {k: v for k, v in self.state_dict().items() if k not in self._tied()}
+        write_checkpoint(path, cfg, tensors)
 
     @classmethod
     def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "MambaLM":
@@ -589,61 +579,11 @@ class MambaLM(nn.Module):
 
         Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key.
         """
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json (found: {sorted(os.listdir(path))})")
-        config = MambaConfig.load(path / "config.json")
-        state = _read_weights(path)
+        directory = resolve_directory(path)
+        config = MambaConfig.from_dict(read_config(directory))
+        state = read_tensors(directory)
         if "backbone.embedding.weight" in state and "backbone.embeddings.weight" not in state:
             state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")   # official name
         model = cls(config)
-        model.load_checkpoint_state(state)
+        load_state(model, state, what="MambaLM", tied=model._tied())
         return model.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else model
-
-    @torch.no_grad()
-    def load_checkpoint_state(self, state: dict) -> None:
-        """Copy a checkpoint's tensors into the model after checking every key and shape."""
-        expected = self._checkpoint_keys()
-        problems = []
-        for key in sorted(set(expected) - set(state)):
-            problems.append(f"missing key {key!r} (expected shape {tuple(expected[key].shape)})")
-        tied_head = state.get("lm_head.weight") if self.config.tie_word_embeddings else None
-        for key in sorted(set(state) - set(expected)):
-            if key == "lm_head.weight" and tied_head is not None:
-                continue                                         # a tied copy, checked below
-            problems.append(f"unexpected key {key!r} (shape {tuple(state[key].shape)})")
-        for key in sorted(set(state) & set(expected)):
-            if tuple(state[key].shape) != tuple(expected[key].shape):
-                problems.append(f"key {key!r} has shape {tuple(state[key].shape)}, the model expects "
-                                f"{tuple(expected[key].shape)}")
-            elif state[key].is_floating_point() and not torch.isfinite(state[key]).all():
-                problems.append(f"key {key!r} contains NaN or infinite values")
-        emb = state.get("backbone.embeddings.weight")
-        if tied_head is not None and emb is not None and not problems:
-            if tied_head.shape != emb.shape or not torch.equal(tied_head, emb):
-                problems.append("config says tie_word_embeddings=true but 'lm_head.weight' differs from "
-                                "'backbone.embeddings.weight'")
-        if problems:
-            raise CheckpointError("checkpoint does not fit MambaLM:\n  " + "\n  ".join(problems))
-        for key, param in expected.items():
-            param.copy_(state[key])
-
-
-def _read_weights(path: Path) -> dict:
-    """Read a checkpoint's tensors without unpickling arbitrary objects."""
-    from safetensors.torch import load_file
-    if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
-        return state
-    if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path} has no model.safetensors, model.safetensors.index.json or "
-                            f"pytorch_model.bin (found: {sorted(os.listdir(path))})")

@@ -407,6 +407,16 @@ def test_pytorch_bin_is_read_without_unpickling_objects(saved):
         MambaLM.from_pretrained(path)
 
 
+def test_save_refuses_nan_weights_and_keeps_the_previous_checkpoint(tmp_path):
+    model = make_ours(CONFIGS["h24-n5-k3-r3-bias"])
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        model.backbone.layers[1].mixer.D[0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"refusing to save.*'backbone\.layers\.1\.mixer\.D'"):
+        model.save_pretrained(tmp_path)
+    MambaLM.from_pretrained(tmp_path)                              # the earlier checkpoint still loads
+
+
 def test_config_with_wrong_intermediate_size_is_refused(tmp_path):
     cfg = MambaConfig(hidden_size=8, num_hidden_layers=1, vocab_size=10).to_dict()
     cfg["intermediate_size"] = 20
