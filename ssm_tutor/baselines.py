@@ -20,18 +20,20 @@ Two language models with the interface of :class:`ssm_tutor.mamba.MambaLM`
   with the length (:func:`cache_nbytes`), while an SSM keeps a fixed-size state.
 
 * :class:`SSMLM`: the generic SSM language model used for the paper's Table 1, one code path
-  for four variants, so the comparison is like for like. Each block is Mamba's block
-  (RMSNorm → in_proj → causal depthwise conv → SiLU → SSM → [× SiLU(z)] → out_proj, residual)
-  and two switches change only what the table varies:
+  for four variants, so the comparison is like for like. It *is* the Mamba model of stage 7
+  (:class:`ssm_tutor.mamba.MambaLM`: RMSNorm → in_proj → causal depthwise conv → SiLU → SSM →
+  [× SiLU(z)] → out_proj, residual), and two switches change only what the table varies:
 
-  - ``mixer="selective"`` (S6): Δ, B, C are computed from the input at every step;
-    ``mixer="lti"`` (S4D-Real): Δ (one per channel), B and C are learned constants, so the
-    whole SSM is one fixed convolution kernel (computed with an FFT).
+  - ``mixer="selective"`` (S6, :class:`ssm_tutor.mamba.MambaMixer`): Δ, B, C are computed from
+    the input at every step; ``mixer="lti"`` (S4D-Real, :class:`ssm_tutor.mamba.LTIMambaMixer`,
+    stage 3's LTI layer): Δ (one per channel), B and C are learned constants, so the whole SSM is
+    one fixed convolution kernel (computed with an FFT).
   - ``gated=True`` (the Mamba block): the SSM's output is multiplied by SiLU(z) of a second
     branch; ``gated=False`` (the "no gate" architecture of Table 1): that branch is dropped.
 
-  ``SSMLM(mixer="selective", gated=True)`` is architecturally the Mamba block; both mixers use
-  the same initialisation of A (S4D-Real: A = -(1, 2, …, N)) and Δ ∈ [0.001, 0.1].
+  ``SSMLM(mixer="selective", gated=True)`` is the Mamba model; both mixers use the same
+  initialisation of A (S4D-Real: A = -(1, 2, …, N)) and Δ ∈ [0.001, 0.1]. Its cache is the
+  Mamba family's :class:`ssm_tutor.mamba.MambaCache`.
 
 Both models save to a directory as ``config.json`` + ``model.safetensors`` (see
 :func:`save_pretrained` and :func:`load_pretrained`): the config holds ``model_type``
@@ -41,20 +43,19 @@ safetensors file holds the ``state_dict`` without ``lm_head.weight`` (tied to th
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_tutor.scan import selective_scan
 from ssm_tutor.checkpoint import CheckpointError, load_state, read_config, read_tensors, write_checkpoint
-from ssm_tutor.validate import check_cache, check_positive, check_token_ids
+from ssm_tutor.mamba import MambaCache, MambaConfig, MambaLM
+from ssm_tutor.validate import check_cache, check_choice, check_positive, check_token_ids
 
-__all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes",
-           "save_pretrained", "load_pretrained", "lti_kernel"]
+__all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "legacy_ssmlm_key",
+           "save_pretrained", "load_pretrained", "MIXERS", "POS_ENCODINGS"]
 
 POS_ENCODINGS = ("rope", "learned", "sinusoidal")
 MIXERS = ("selective", "lti")
@@ -174,6 +175,7 @@ class TransformerLM(nn.Module):
             raise ValueError(f"RoPE needs an even head dimension, got d_model / n_heads = {d_model // n_heads}")
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                            max_len=max_len, pos_encoding=pos_encoding)
+        self.arguments = self.config                            # what save_pretrained records
         self.vocab_size, self.max_len, self.pos_encoding = vocab_size, max_len, pos_encoding
         self.embedding = nn.Embedding(vocab_size, d_model)
         if pos_encoding == "learned":
@@ -235,174 +237,64 @@ def _init_weights(module):
 
 
 # ----------------------------------------------------------------------------------------------
-# the generic SSM language model (Table 1's variants)
+# the generic SSM language model (Table 1's variants): the Mamba model with two switches
 # ----------------------------------------------------------------------------------------------
-def lti_kernel(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, delta: torch.Tensor, length: int) -> torch.Tensor:
-    """The convolution kernel of the time-invariant SSM with Ā = exp(ΔA), B̄ = ΔB (as in S6):
-
-        K[d, k] = Σ_n C[d, n] · Δ[d] B[d, n] · exp(Δ[d] A[d, n] k),   k = 0 … length-1
-
-    A, B, C: (d, n); delta: (d,) > 0. Returns (d, length). y = K * u (causal) is the SSM's output.
-    """
-    k = torch.arange(length, device=A.device, dtype=A.dtype)                             # (l,)
-    decay = torch.exp((delta[:, None] * A)[:, :, None] * k)                              # (d, n, l)
-    return torch.einsum("dn,dnl->dl", C * B * delta[:, None], decay)                     # (d, l)
+SSMCache = MambaCache   # the Mamba family's one cache type (the name of the old, separate one)
 
 
-def causal_fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """y[b, d, t] = Σ_{k ≤ t} K[d, k] u[b, d, t - k], via FFT of size 2l. u: (b, d, l); K: (d, l)."""
-    l = u.shape[-1]
-    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * l) * torch.fft.rfft(K, n=2 * l), n=2 * l)
-    return y[..., :l]
-
-
-@dataclass
-class SSMCache:
-    """Recurrent state of every layer: conv[i] (b, d_inner, d_conv) last inputs, ssm[i] (b, d_inner, N)."""
-    conv: list
-    ssm: list
-    length: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def batch(self) -> int:
-        return self.ssm[0].shape[0]
-
-
-class _SSMBlock(nn.Module):
-    def __init__(self, d_model, d_state, expand, d_conv, mixer, gated):
-        super().__init__()
-        e = expand * d_model
-        self.d_inner, self.d_state, self.mixer, self.gated = e, d_state, mixer, gated
-        self.dt_rank = math.ceil(d_model / 16)
-        self.norm = nn.RMSNorm(d_model, eps=1e-5)
-        self.in_proj = nn.Linear(d_model, (2 if gated else 1) * e, bias=False)
-        self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1)
-        # S4D-Real initialisation shared by both mixers: A = -(1, …, N) per channel
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1))  # (e, N)
-        self.D = nn.Parameter(torch.ones(e))
-        dt = torch.exp(torch.rand(e) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))  # Δ ∈ [0.001, 0.1]
-        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
-        if mixer == "selective":       # Δ, B, C from the input (S6)
-            self.x_proj = nn.Linear(e, self.dt_rank + 2 * d_state, bias=False)
-            self.dt_proj = nn.Linear(self.dt_rank, e)
-            with torch.no_grad():
-                self.dt_proj.bias.copy_(inv_softplus_dt)
-        else:                          # Δ, B, C learned constants (S4D)
-            self.dt_bias = nn.Parameter(inv_softplus_dt)                     # Δ = softplus(dt_bias): (e,)
-            self.B = nn.Parameter(torch.ones(e, d_state))
-            self.C = nn.Parameter(torch.randn(e, d_state) / math.sqrt(d_state))
-        self.out_proj = nn.Linear(e, d_model, bias=False)
-
-    def _ssm_params(self, x):
-        """x: (b, l, e) -> Δ (b, l, e) after softplus, B, C (b, l, N); constants broadcast for LTI."""
-        if self.mixer == "selective":
-            dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-            return F.softplus(self.dt_proj(dt)), B, C
-        return F.softplus(self.dt_bias), self.B, self.C
-
-    def forward(self, x):                                           # x: (b, l, d_model)
-        b, l, _ = x.shape
-        xz = self.in_proj(self.norm(x))                             # (b, l, e or 2e)
-        u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)    # (b, l, e) each
-        u = F.silu(self.conv1d(u.transpose(1, 2))[..., :l])         # (b, e, l)
-        A = -torch.exp(self.A_log)                                  # (e, N)
-        if self.mixer == "selective":
-            delta, B, C = self._ssm_params(u.transpose(1, 2))       # (b, l, e), (b, l, N), (b, l, N)
-            y = selective_scan(u, delta.transpose(1, 2).contiguous(), A, B.transpose(1, 2).contiguous(),
-                                  C.transpose(1, 2).contiguous(), self.D)                 # (b, e, l)
-        else:
-            delta, B, C = self._ssm_params(None)                     # (e,), (e, N), (e, N)
-            y = causal_fft_conv(u, lti_kernel(A, B, C, delta, l)) + self.D[:, None] * u  # (b, e, l)
-        y = y.transpose(1, 2)                                       # (b, l, e)
-        if self.gated:
-            y = y * F.silu(z)
-        return x + self.out_proj(y)
-
-    def step(self, x, conv_state, ssm_state):                      # x: (b, d_model)
-        xz = self.in_proj(self.norm(x))
-        u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)    # (b, e)
-        conv_state = torch.cat([conv_state[:, :, 1:], u[:, :, None]], dim=-1)          # (b, e, d_conv)
-        u = F.silu((conv_state * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (b, e)
-        A = -torch.exp(self.A_log)
-        delta, B, C = self._ssm_params(u[:, None] if self.mixer == "selective" else None)
-        if self.mixer == "selective":
-            delta, B, C = delta[:, 0], B[:, 0, None, :], C[:, 0, None, :]               # (b, e), (b, 1, N)
-        dA = torch.exp(delta[..., None] * A)                                            # Ā: (b, e, N)
-        ssm_state = dA * ssm_state + delta[..., None] * B * u[..., None]                # h_t = Ā h + B̄ u
-        y = (ssm_state * C).sum(-1) + self.D * u                                        # y_t = C h_t + D u
-        if self.gated:
-            y = y * F.silu(z)
-        return x + self.out_proj(y), conv_state, ssm_state
-
-
-class SSMLM(nn.Module):
-    """A stack of SSM blocks (see the module docstring) with a tied LM head.
+class SSMLM(MambaLM):
+    """Table 1's models: :class:`ssm_tutor.mamba.MambaLM` built with the two switches the table
+    varies (see the module docstring), with a tied LM head.
 
     Args:
-        vocab_size, d_model, n_layers: sizes; d_state = N, expand = d_inner / d_model, d_conv.
+        vocab_size, d_model, n_layers: sizes; d_state = N, expand = E / d_model, d_conv = K.
         mixer: "selective" (S6: Δ, B, C depend on the input) or "lti" (S4D-Real: they do not).
         gated: multiply the SSM output by SiLU(z) (the Mamba block) or not ("no gate").
+        fast: the fast path of ``ssm_tutor.fast`` (selective mixer) or the teaching path.
+
+    Forward, step, generate, init_cache and the cache type are MambaLM's. Saved by
+    :func:`save_pretrained` (its own config: MambaLM's Hugging Face format has no switches).
     """
 
     model_type = "ssm_tutor_ssm"
 
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
-                 expand: int = 2, d_conv: int = 4, mixer: str = "selective", gated: bool = True):
-        super().__init__()
+                 expand: int = 2, d_conv: int = 4, mixer: str = "selective", gated: bool = True, fast: bool = True):
         check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
-                        expand=expand, d_conv=d_conv)
-        if mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+                       expand=expand, d_conv=d_conv)
+        check_choice("mixer", mixer, MIXERS)
         if not isinstance(gated, bool):
             raise TypeError(f"gated must be True or False, got {gated!r}")
-        self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
-                           expand=expand, d_conv=d_conv, mixer=mixer, gated=gated)
+        config = MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                             state_size=d_state, expand=expand, conv_kernel=d_conv)
+        super().__init__(config, fast, mixer=mixer, gated=gated)
+        self.arguments = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
+                              expand=expand, d_conv=d_conv, mixer=mixer, gated=gated)
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, d_model)
-        self.layers = nn.ModuleList(_SSMBlock(d_model, d_state, expand, d_conv, mixer, gated)
-                                    for _ in range(n_layers))
-        self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.lm_head.weight = self.embedding.weight                 # tied
-        nn.init.normal_(self.embedding.weight, std=0.02)            # small logits at the start: loss ≈ log V
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_token_ids(input_ids, self.vocab_size)
-        x = self.embedding(input_ids)                               # (b, l, d_model)
-        for layer in self.layers:
-            x = layer(x)
-        return self.lm_head(self.norm_f(x))                         # (b, l, vocab)
+    def save_pretrained(self, directory) -> None:
+        """See :func:`save_pretrained`."""
+        save_pretrained(self, directory)
 
-    def init_cache(self, batch: int) -> SSMCache:
-        """Zero state for ``batch`` sequences: its size does not depend on the length."""
-        check_positive(batch=batch)
-        p = self.embedding.weight
-        blk = self.layers[0]
-        return SSMCache([p.new_zeros(batch, blk.d_inner, blk.conv1d.kernel_size[0]) for _ in self.layers],
-                        [p.new_zeros(batch, blk.d_inner, blk.d_state) for _ in self.layers])
-
-    def step(self, token_ids: torch.Tensor, cache: SSMCache):
-        """token_ids (b,) -> (logits (b, vocab), cache updated in place), equal to forward's last position."""
-        check_token_ids(token_ids, self.vocab_size, name="token_ids", dim=1)
-        check_cache(cache, SSMCache, token_ids.shape[0])
-        x = self.embedding(token_ids)                               # (b, d_model)
-        for i, layer in enumerate(self.layers):
-            x, cache.conv[i], cache.ssm[i] = layer.step(x, cache.conv[i], cache.ssm[i])
-        cache.length += 1
-        return self.lm_head(self.norm_f(x)), cache
+    @classmethod
+    def from_pretrained(cls, directory, **_) -> "SSMLM":
+        """See :func:`load_pretrained`."""
+        model = load_pretrained(directory)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{directory} holds a {type(model).__name__}, not an SSMLM")
+        return model
 
 
 def cache_nbytes(cache) -> int:
     """Bytes of recurrent state a model keeps after ``cache.length`` tokens.
 
     KVCache: the stored keys and values (2 · layers · b · heads · length · head_dim numbers), which
-    grows with the length. SSMCache and any object with tensors: all its tensors, a constant.
+    grows with the length. MambaCache and any object with tensors: all its tensors, a constant.
     """
     if isinstance(cache, KVCache):
         return sum(t[:, :, : cache.length].nbytes for t in cache.k + cache.v)
-    if isinstance(cache, SSMCache):
-        return sum(t.nbytes for t in cache.conv + cache.ssm)
+    if isinstance(cache, MambaCache):
+        return cache.nbytes()
     tensors = [v for v in vars(cache).values() if isinstance(v, torch.Tensor)]
     for v in vars(cache).values():
         if isinstance(v, (list, tuple, dict)):
@@ -424,12 +316,33 @@ def save_pretrained(model: nn.Module, directory) -> None:
     if type(model).model_type not in _CLASSES:
         raise TypeError(f"model must be a TransformerLM or SSMLM, got {type(model).__name__}")
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    write_checkpoint(directory, {"model_type": model.model_type, **model.config}, state)
+    write_checkpoint(directory, {"model_type": model.model_type, **model.arguments}, state)
+
+
+def legacy_ssmlm_key(key: str) -> str:
+    """The key, in today's SSMLM (the Mamba block), of a tensor saved by the SSMLM that had its
+    own block class (checkpoints written before it was rebuilt on MambaLM, such as the shipped
+    ``checkpoints/sc_*``). The tensors are the same; only their names move:
+
+        embedding.weight        -> backbone.embeddings.weight
+        norm_f.weight           -> backbone.norm_f.weight
+        layers.{i}.norm.weight  -> backbone.layers.{i}.norm.weight
+        layers.{i}.{name}       -> backbone.layers.{i}.mixer.{name}
+                                   (in_proj, conv1d, out_proj, A_log, D; x_proj, dt_proj | dt_bias, B, C)
+    """
+    if key in ("embedding.weight", "norm_f.weight"):
+        return {"embedding.weight": "backbone.embeddings.weight", "norm_f.weight": "backbone.norm_f.weight"}[key]
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit():
+        where = "" if parts[2] == "norm" else "mixer."
+        return f"backbone.layers.{parts[1]}.{where}{'.'.join(parts[2:])}"
+    return key
 
 
 def load_pretrained(directory) -> nn.Module:
-    """Load a model written by :func:`save_pretrained`; every missing, unexpected or mis-shaped
-    weight is named (:class:`ssm_tutor.checkpoint.CheckpointError`)."""
+    """Load a model written by :func:`save_pretrained` (SSMLM checkpoints of the old layout too,
+    see :func:`legacy_ssmlm_key`); every missing, unexpected or mis-shaped weight is named
+    (:class:`ssm_tutor.checkpoint.CheckpointError`)."""
     config = read_config(directory)
     model_type = config.pop("model_type", None)
     if model_type not in _CLASSES:
@@ -437,5 +350,9 @@ def load_pretrained(directory) -> nn.Module:
                               f"got {model_type!r}")
     cls = _CLASSES[model_type]
     model = cls(**config)
-    load_state(model, read_tensors(directory), what=cls.__name__, tied={"lm_head.weight": "embedding.weight"})
+    state = read_tensors(directory)
+    if cls is SSMLM:
+        state = {legacy_ssmlm_key(k): v for k, v in state.items()}
+    tied = model._tied() if isinstance(model, MambaLM) else {"lm_head.weight": "embedding.weight"}
+    load_state(model, state, what=cls.__name__, tied=tied)
     return model.eval()

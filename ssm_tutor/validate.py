@@ -7,7 +7,8 @@ raises an error that names the argument, says what was expected and what came:
   :func:`check_choice`;
 * tensors:  :func:`check_tensor` (type, dtype kind, dimensions, device), :func:`require_finite`,
   :func:`check_has_data` (no meta tensors), :func:`check_layer_input` ((batch, length, d) inputs);
-* tokens:   :func:`check_token_ids` -- the one check of token ids for every language model;
+* tokens:   :func:`check_token_ids` -- the one check of token ids for every language model --
+  and :func:`check_mask` (attention masks, left padding);
 * caches:   :func:`check_cache` -- the type and batch of a recurrent cache;
 * the selective scan: :func:`validate_scan_args` (the official ``selective_scan_fn`` layout) and
   :func:`check_step_sizes` (a negative Δ without softplus makes the state grow without bound).
@@ -23,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["positive_int", "non_negative_int", "check_positive", "check_choice", "check_tensor",
-           "require_finite", "check_has_data", "check_layer_input", "check_token_ids", "check_cache",
+           "require_finite", "check_has_data", "check_layer_input", "check_token_ids", "check_mask", "check_cache",
            "validate_scan_args", "check_step_sizes", "ScanSizes", "finite_number"]
 
 
@@ -139,6 +140,27 @@ def check_token_ids(ids, vocab_size: int, *, name: str = "input_ids", dim: int =
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name} holds ids in [{lo}, {hi}] but vocab_size is {vocab_size}: "
                          f"every id must be in [0, {vocab_size - 1}], i.e. in [0, {vocab_size})")
+
+
+def check_mask(mask, input_ids: torch.Tensor, *, left_padded: bool = False) -> None:
+    """An attention mask for ``input_ids``: a tensor of its shape and device holding 1 for a
+    token and 0 for padding (bool, integer or float), at least one token per row; with
+    ``left_padded`` the zeros must all come first in each row (prompts padded on the left, so
+    that every row ends with its own last token)."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"attention_mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
+    if mask.device != input_ids.device:
+        raise ValueError(f"attention_mask is on device {mask.device} but input_ids is on {input_ids.device}")
+    if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    if not bool((mask != 0).any(-1).all()):
+        rows = (mask == 0).all(-1).nonzero().flatten().tolist()
+        raise ValueError(f"attention_mask has rows with no token at all: {rows[:8]}")
+    if left_padded and mask.shape[-1] > 1 and not bool((mask[:, 1:].int() >= mask[:, :-1].int()).all()):
+        raise ValueError("attention_mask must be left-padded here (every row: zeros for the padding, then ones "
+                         "for the prompt), so that each row's last position is its own last token")
 
 
 def check_cache(cache, cache_type: type, batch: int, *, made_by: str = "init_cache") -> None:
