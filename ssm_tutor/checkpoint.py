@@ -175,7 +175,8 @@ def write_checkpoint(directory, config: dict, tensors: dict) -> None:
     end, so a crash, a kill or a full disk part-way leaves the previous checkpoint whole and no
     half-written file behind (a killed save leaves a hidden ``.NAME.saving-*`` directory, which
     the next save to NAME removes). Other files already in ``directory`` (a training log, an
-    evaluation) are kept; old weight files are not.
+    evaluation) are kept; old weight files are not. Since the whole directory is replaced, it
+    must be a checkpoint's own: one holding subdirectories, or the current directory, is refused.
 
     Refuses (CheckpointError, nothing written) tensors with NaN or infinite values, naming them.
     """
@@ -190,6 +191,12 @@ def write_checkpoint(directory, config: dict, tensors: dict) -> None:
     parent.mkdir(parents=True, exist_ok=True)
     if directory.exists() and not directory.is_dir():
         raise FileExistsError(f"{directory} exists and is not a directory")
+    if directory.is_dir():
+        here, target = Path.cwd().resolve(), directory.resolve()
+        if target == here or target in here.parents or any(p.is_dir() for p in directory.iterdir()):
+            raise CheckpointError(f"{directory} holds subdirectories or is the current directory; a checkpoint is "
+                                  f"saved by replacing its whole directory, so give it one of its own "
+                                  f"(e.g. {directory / 'model'})")
     for stale in parent.glob(f".{directory.name}.saving-*"):          # left by a killed save
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.saving-", dir=parent))
@@ -200,7 +207,7 @@ def write_checkpoint(directory, config: dict, tensors: dict) -> None:
         if directory.is_dir():
             for item in directory.iterdir():                          # keep the files that are not the model
                 if not _is_weight_file(item.name):
-                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+                    shutil.copy2(item, tmp / item.name)
             if _exchange(tmp, directory):
                 shutil.rmtree(tmp)                                    # tmp now holds the old checkpoint
                 return

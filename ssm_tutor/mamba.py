@@ -253,7 +253,10 @@ class MambaShell(nn.Module):
 
     ``attention_mask`` (b, l), 1 for a token and 0 for padding: padded positions are zeroed
     before the convolution and before the SSM, so with left padding they reach neither the
-    convolution's window nor the state (what transformers does too).
+    convolution's window nor the state, and each row computes what it would alone.
+    (transformers zeroes them before in_proj and after the convolution: the same when in_proj
+    has no bias, as in every released Mamba; with a bias its padding leaks the bias into the
+    window.)
     """
 
     def _build_shell(self, config: MambaConfig, gated: bool) -> None:

@@ -205,6 +205,18 @@ def test_load_state_tied_copies():
         load_state(model, {"emb.weight": w, "head.weight": w + 1}, tied=tied)
 
 
+def test_a_directory_that_is_not_a_checkpoints_own_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "project" / "src").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="holds subdirectories or is the current directory"):
+        write_checkpoint(tmp_path / "project", {}, _tensors())
+    assert _listing(tmp_path / "project") == ["src"]
+    monkeypatch.chdir(tmp_path / "project" / "src")
+    with pytest.raises(CheckpointError, match="give it one of its own"):
+        write_checkpoint(".", {}, _tensors())
+    write_checkpoint("model", {}, _tensors())                                   # a directory of its own
+    assert _listing(tmp_path / "project" / "src") == ["model"]
+
+
 def test_write_into_a_file_path_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(FileExistsError, match="is not a directory"):
