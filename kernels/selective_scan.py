@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from ssm_tutor.selective import validate_scan_args
+from ssm_tutor.validate import validate_scan_args
 
 from .config import LaunchConfig, grid_size, launch_config
 from .selective_scan_bwd import selective_scan_bwd_kernel

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ssm_tutor import baselines, tasks
+from ssm_tutor.checkpoint import read_config
 from ssm_tutor.tasks import IGNORE, TaskBatch
 
 __all__ = ["lr_at", "masked_cross_entropy", "make_task", "build_model", "train", "save_model", "load_model",
@@ -127,10 +128,7 @@ def save_model(model: nn.Module, directory) -> None:
 
 def load_model(directory) -> nn.Module:
     """Load any checkpoint this module writes, choosing the class from config.json's model_type."""
-    config_file = Path(directory) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} has no config.json")
-    if json.loads(config_file.read_text()).get("model_type") == "mamba":
+    if read_config(directory).get("model_type") == "mamba":
         from ssm_tutor.mamba import MambaLM
         return MambaLM.from_pretrained(directory).eval()
     return baselines.load_pretrained(directory)

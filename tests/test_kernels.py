@@ -32,7 +32,8 @@ def make_inputs(b, d, l, n, *, groups=0, has_D=True, has_z=True, has_bias=True, 
     bc_shape = (b, groups, n, l) if groups else (b, n, l)
     args = dict(
         u=rnd(b, d, l),                                   # (b, d, l)
-        delta=rnd(b, d, l, scale=0.5, shift=-0.5),       # (b, d, l) before softplus
+        # (b, d, l) before softplus; without a bias the tests run without softplus, and Δ must be ≥ 0
+        delta=rnd(b, d, l, scale=0.5, shift=-0.5) if has_bias else rnd(b, d, l, scale=0.5).abs(),
         A=-torch.exp(rnd(d, n, scale=0.5)),               # (d, n) negative, like -exp(A_log)
         B=rnd(*bc_shape), C=rnd(*bc_shape),               # (b, n, l) or (b, g, n, l)
         D=rnd(d) if has_D else None,                      # (d,)
