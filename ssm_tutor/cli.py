@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import re
 import secrets
@@ -58,6 +57,7 @@ from nbgrader.utils import is_solution as is_solution_cell
 
 from ssm_tutor.exercises import (FAIL, NOT_ATTEMPTED, PASS, RESULTS_ENV, TIME_LIMIT, TIME_LIMIT_ENV,
                                  ExerciseResult)
+from ssm_tutor.validate import positive_float_arg, positive_int_arg
 
 __all__ = ["make_student_copy", "write_student_copies", "execute_notebook", "execute_and_record",
            "collect_results", "printed_results", "CheckerRecord", "NotebookReport", "main"]
@@ -430,27 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("inputs", nargs="+", help="notebooks, or directories of notebooks")
     check.add_argument("--require-all", action="store_true",
                        help="count NOT ATTEMPTED exercises as failures (exit status 1)")
-    check.add_argument("--timeout", type=_positive(int), default=600, help="seconds allowed per cell (default 600)")
-    check.add_argument("--time-limit", type=_positive(float), default=TIME_LIMIT,
+    check.add_argument("--timeout", type=positive_int_arg, default=600, help="seconds allowed per cell (default 600)")
+    check.add_argument("--time-limit", type=positive_float_arg, default=TIME_LIMIT,
                        help=f"seconds allowed per exercise check, all its cases together (default {TIME_LIMIT:g}); "
                             f"an answer still running then is stopped and FAILs")
     return parser
-
-
-def _positive(kind):  # TODO(validate): an argparse type shared with ssm_tutor.train's
-    """An argparse type: a finite number of type ``kind`` (int or float) greater than 0."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if kind is int else 'number'}, "
-                                             f"got {text!r}")
-        return value
-
-    return parse
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,6 +46,8 @@ from tqdm.auto import tqdm
 from ssm_tutor import baselines, tasks
 from ssm_tutor.checkpoint import read_config
 from ssm_tutor.tasks import IGNORE, TaskBatch
+from ssm_tutor.validate import (non_negative_float_arg, non_negative_int_arg, positive_float_arg, positive_int_arg,
+                                positive_number)
 
 __all__ = ["lr_at", "masked_cross_entropy", "make_task", "build_model", "train", "save_model", "load_model",
            "evaluate_checkpoint", "extrapolation", "main", "TASKS", "MODELS", "EVAL_SEED", "EVAL_LENGTHS"]
@@ -144,11 +146,10 @@ def evaluate(model: nn.Module, batch: TaskBatch, batch_size: int = 64) -> tuple[
     return float(masked_cross_entropy(logits, batch.targets)), tasks.masked_accuracy(logits, batch.targets)
 
 
-def _check_clip(clip) -> None:  # TODO(validate): a positive finite number, or None
+def _check_clip(clip) -> None:
     """clip = 0 would zero every gradient (the model would silently not learn): refuse it."""
-    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
-                                 and 0 < clip < math.inf):
-        raise ValueError(f"clip must be a positive gradient norm, or None for no clipping; got {clip!r}")
+    if clip is not None:
+        positive_number("clip", clip, why=" (the largest gradient norm a step may use), or None for no clipping")
 
 
 def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr: float = 3e-3,
@@ -191,42 +192,9 @@ def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr:
 # ----------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------
-def _int_at_least(minimum: int, words: str):
-    """An argparse type: an int >= minimum, with a message that says what was expected."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {words} integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {words} integer, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "positive")
-_non_negative_int = _int_at_least(0, "non-negative")
-
-
-def _float_above(minimum: float, inclusive: bool, words: str):
-    """An argparse type: a finite float > minimum (>= when ``inclusive``), with a clear message."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {words} number, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"expected a {words} number, got {text}")
-        return value
-
-    return parse
-
-
-_positive_float = _float_above(0.0, False, "positive")
-_non_negative_float = _float_above(0.0, True, "non-negative")
+# the argument types are shared with `ssm-tutor` (ssm_tutor.validate)
+_positive_int, _non_negative_int = positive_int_arg, non_negative_int_arg
+_positive_float, _non_negative_float = positive_float_arg, non_negative_float_arg
 
 
 # per-task defaults (paper, Appendix E.1, shrunk to a 2-core CPU)

@@ -4,7 +4,10 @@ A teaching function calls one of these at its top and then reads like the paper;
 raises an error that names the argument, says what was expected and what came:
 
 * numbers:  :func:`positive_int`, :func:`check_positive`, :func:`non_negative_int`, :func:`finite_number`,
-  :func:`check_choice`;
+  :func:`positive_number`, :func:`check_choice`;
+* the command lines (``ssm-tutor``, ``python -m ssm_tutor.train``): the argparse types
+  :data:`positive_int_arg`, :data:`non_negative_int_arg`, :data:`positive_float_arg`,
+  :data:`non_negative_float_arg`;
 * tensors:  :func:`check_tensor` (type, dtype kind, dimensions, device), :func:`require_finite`,
   :func:`check_has_data` (no meta tensors), :func:`check_layer_input` ((batch, length, d) inputs);
 * tokens:   :func:`check_token_ids` -- the one check of token ids for every language model --
@@ -18,6 +21,7 @@ TypeError means a wrong type or dtype, ValueError a wrong shape, device or value
 
 from __future__ import annotations
 
+import argparse
 import math
 from typing import NamedTuple
 
@@ -25,7 +29,8 @@ import torch
 
 __all__ = ["positive_int", "non_negative_int", "check_positive", "check_choice", "check_tensor",
            "require_finite", "check_has_data", "check_layer_input", "check_token_ids", "check_mask", "check_cache",
-           "validate_scan_args", "check_step_sizes", "ScanSizes", "finite_number"]
+           "validate_scan_args", "check_step_sizes", "ScanSizes", "finite_number", "positive_number",
+           "positive_int_arg", "non_negative_int_arg", "positive_float_arg", "non_negative_float_arg"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,3 +340,38 @@ def finite_number(name: str, value, *, minimum: float | None = None) -> float:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value!r}")
     return float(value)
+
+
+def positive_number(name: str, value, *, why: str = "") -> float:
+    """A finite real number > 0 (not a bool); ``why`` is added to the message (what 0 would do)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number{why}, got {value!r}")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# command-line arguments
+# ----------------------------------------------------------------------------------------------
+
+def _argument_type(kind: type, minimum: float, inclusive: bool, words: str):
+    """An argparse type: a finite ``kind`` (int or float) ≥ minimum (> when not ``inclusive``);
+    anything else is refused with "expected a {words} integer/number, got …"."""
+    noun = "integer" if kind is int else "number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {words} {noun}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected a {words} {noun}, got {text}")
+        return value
+
+    parse.__name__ = f"{words.replace('-', '_')}_{kind.__name__}"     # argparse names the type in errors
+    return parse
+
+
+positive_int_arg = _argument_type(int, 1, True, "positive")
+non_negative_int_arg = _argument_type(int, 0, True, "non-negative")
+positive_float_arg = _argument_type(float, 0.0, False, "positive")
+non_negative_float_arg = _argument_type(float, 0.0, True, "non-negative")

@@ -59,7 +59,7 @@ def test_clip_zero_is_refused_and_none_means_no_clipping():
         return train(model, task, steps=3, warmup=1, eval_every=3, eval_examples=8, progress=False, clip=clip)
 
     for bad in (0, 0.0, -1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="clip must be a positive gradient norm, or None"):
+        with pytest.raises(ValueError, match=r"clip must be a positive finite number \(the largest gradient norm a step may use\), or None"):
             run(bad)
     assert run(None)["loss"] == run(1e30)["loss"]                  # None: never clipped
     assert run(None)["loss"] != run(1e-3)["loss"]                  # (and clipping does change the run)
