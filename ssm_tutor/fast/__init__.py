@@ -1,0 +1,1 @@
+"""The fast layer: CPU engineering for the teaching modules, tested against them (DESIGN.md)."""
