@@ -14,8 +14,11 @@ CPU; ``benchmarks/bench_ssd.py`` measures it against transformers' ``mamba2_chun
   (Q × n) · (n × k·p), k = h / g, instead of h thin (n × Q) · (Q × p) ones.
 * **Time-major throughout.** x (b, l, h, p) is read in its own layout and y is written in it;
   for g = 1 the off-diagonal output (Q × n)·(n × h·p) lands directly in that layout.
-* Decays inside a chunk are exp(cs_t - cs_s) from the chunk's own cumulative sum (as the
-  official kernels do): a chunk's sums stay small, so the subtraction costs little precision.
+* Decays inside a chunk are exp(cs_t - cs_s) from the chunk's cumulative sums of Δ A (as the
+  official kernels do) rather than :func:`~ssm_tutor.ssd.segsum`'s (Q × Q) cumsum; the sums and their
+  differences are taken in float64, so that after a huge decay (a state reset, cs ≈ -1e4) the small
+  differences that follow keep their digits: float32 differences lost 3 of them (measured in
+  ``tests/test_ssd.py``), float64 ones cost ~2 ms more per (24, 256, 256) chunk.
 
 Plain tensor operations, so autograd differentiates it (tests compare the gradients with the
 teaching version's). The arguments are already checked and prepared by ``ssd_scan``.
@@ -69,23 +72,23 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size: int, initial_states=None):
         xc = xbar[:, t0:t1]                                            # (b, T, h, p)
         Bc = B[:, t0:t1].transpose(1, 2)                               # (b, g, T, n)
         Cc = C[:, t0:t1].transpose(1, 2)                               # (b, g, T, n)
-        cs = dA[:, t0:t1].cumsum(1).transpose(1, 2).contiguous()       # Σ_{k≤t} dA_k: (b, h, T)
+        cs = dA[:, t0:t1].cumsum(1, dtype=torch.float64).transpose(1, 2).contiguous()   # Σ_{k≤t} dA_k: (b, h, T)
 
         # 1. diagonal block: (L ∘ C Bᵀ) x̄, with the causal C Bᵀ once per group
         scores = (Cc @ Bc.transpose(-1, -2)).mul_(lower[T])            # C_t · B_s, 0 for s > t: (b, g, T, T)
-        L = (cs.unsqueeze(-1) - cs.unsqueeze(-2)).mul_(lower[T])       # segsum, 0 above the diagonal: (b, h, T, T)
+        L = (cs.unsqueeze(-1) - cs.unsqueeze(-2)).to(x.dtype).mul_(lower[T])   # segsum, 0 above the diagonal: (b, h, T, T)
         L = _exp_floored_(L)                                           # decays (1 above the diagonal: masked by scores)
         L5, scores5 = L.view(b, g, k, T, T), scores.unsqueeze(2)
         M = (L5 * scores5 if grad else L5.mul_(scores5)).view(b, h, T, T)
         y_diag = M @ xc.transpose(1, 2)                                # (b, h, T, p)
 
         # 4. the entering state's contribution: exp(cs_t) · S C_t, one product per group
-        from_start = _exp_floored_(cs.clone())                         # (b, h, T)
+        from_start = _exp_floored_(cs.to(x.dtype, copy=True))          # (b, h, T)
         y_off = (Cc @ S).view(b, g, T, k, p) * from_start.view(b, g, k, T).transpose(2, 3).unsqueeze(-1)
         ys.append(y_diag.transpose(1, 2) + y_off.permute(0, 2, 1, 3, 4).reshape(b, T, h, p))
 
         # 2 + 3. the state leaving the chunk: exp(cs_T) S + Σ_s exp(cs_T - cs_s) B_s x̄_sᵀ
-        to_end = _exp_floored_(cs[:, :, -1:] - cs)                     # (b, h, T)
+        to_end = _exp_floored_((cs[:, :, -1:] - cs).to(x.dtype))       # (b, h, T)
         xw = (xc * to_end.transpose(1, 2).unsqueeze(-1)).view(b, T, g, k * p).transpose(1, 2)   # (b, g, T, k·p)
         S = (S.view(b, g, n, k, p) * from_start[:, :, -1].reshape(b, g, 1, k, 1)).view(b, g, n, k * p) \
             + Bc.transpose(-1, -2) @ xw                                # (b, g, n, k·p)
