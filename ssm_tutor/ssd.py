@@ -163,7 +163,8 @@ def chunk_states(xbar, dA, B):
     behind if it started from zero, Σ_s exp(dA_{s+1} + … + dA_Q) x̄_s B_sᵀ. The decays to the
     chunk's end are the last row of its decay matrix exp(segsum(dA)). Returns (b, c, h, p, n)."""
     decay_to_end = torch.exp(segsum(dA)[..., -1, :])                   # exp(Σ_{s<k≤Q} dA_k): (b, h, c, Q)
-    return torch.einsum("bhcs,bcshn,bcshp->bchpn", decay_to_end, B, xbar)
+    weighted = xbar * decay_to_end.permute(0, 2, 3, 1)[..., None]      # x̄_s decayed to the chunk's end
+    return torch.einsum("bcshn,bcshp->bchpn", B, weighted)             # Σ_s (decayed x̄_s) B_sᵀ
 
 
 def pass_states(states, dA, initial_states=None):
@@ -189,7 +190,8 @@ def chunk_off_diagonal_blocks(C, dA, entering):
     """Step 4, the left factors: each chunk's output from the state entering it,
     Y_off[t] = exp(dA_1 + … + dA_t) · S_k C_t. Returns (b, c, Q, h, p)."""
     decay_from_start = torch.exp(torch.cumsum(dA, dim=-1))             # (b, h, c, Q)
-    return torch.einsum("bcthn,bchpn,bhct->bcthp", C, entering, decay_from_start)
+    y = torch.einsum("bcthn,bchpn->bcthp", C, entering)                # S_k C_t: (b, c, Q, h, p)
+    return y * decay_from_start.permute(0, 2, 3, 1)[..., None]
 
 
 def ssd_chunked(x, dt, A, B, C, chunk_size, initial_states=None):
