@@ -163,12 +163,22 @@ def main(argv=None):
     t_o, t_t, o, t = interleaved(run(lambda: ours.backbone(ids)),
                                  run(lambda: theirs.backbone(ids, use_cache=False).last_hidden_state), args.reps)
     ratios["backbone"] = report(f"backbone only (no LM head) L={L}", t_o, t_t, close(o, t))
+    t_t_backbone = t_t
     hidden = torch.randn(1, L, args.hidden, generator=torch.Generator().manual_seed(2))
     t_o, t_t, o, t = interleaved(run(lambda: F.linear(hidden, ours.lm_head.weight)),
                                  run(lambda: F.linear(hidden, theirs.lm_head.weight)), args.reps)
     report(f"LM head alone, ({L}, {args.hidden}) x ({args.hidden}, {args.vocab})", t_o, t_t, close(o, t))
     t_o, t_t, o, t = interleaved(run(lambda: ours(ids)), run(lambda: theirs(ids, use_cache=False).logits), args.reps)
     ratios["forward"] = report(f"forward L={L}", t_o, t_t, close(o, t))
+    # The blocks' input and output projections are the same matrix products on both sides: the
+    # backbone cannot get faster than transformers' time over theirs (Amdahl), however fast the rest.
+    E = 2 * args.hidden
+    acts = [torch.randn(1, L, args.hidden), torch.randn(1, L, E)]
+    mixers = [layer.mixer for layer in ours.backbone.layers]
+    t_proj = min(interleaved(run(lambda: [(F.linear(acts[0], m.in_proj.weight), F.linear(acts[1], m.out_proj.weight))
+                                          for m in mixers]), lambda: None, args.reps)[0])
+    print(f"  the projections alone (in_proj + out_proj, {args.layers} layers): {t_proj * 1e3:.1f} ms (best) -> "
+          f"at most {min(t_t_backbone) / t_proj:.1f}x for the backbone if everything else were free")
 
     # ---- 3. SSD against the Mamba-1 scan, the same map at the same state size --------------------
     d = H * P

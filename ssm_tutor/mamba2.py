@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ssm_tutor.mamba import (CheckpointError, MambaBackbone, MambaBlock, MambaCache, MambaLM, RMSNorm,
                              causal_conv_step)
+from ssm_tutor.fast.ssd import causal_conv_time_major
 from ssm_tutor.selective import dt_bias_init
 from ssm_tutor.ssd import ssd_scan, ssd_step
 
@@ -252,10 +253,12 @@ class Mamba2Mixer(nn.Module):
         b, l, _ = x.shape
         E, H, K = cfg.intermediate_size, cfg.num_heads, cfg.conv_kernel
         z, xBC, dt = torch.split(self.in_proj(x), [E, self.conv_dim, H], dim=-1)   # (b,l,E), (b,l,E+2gN), (b,l,H)
-        xBC = xBC.transpose(1, 2)                                # (b, E + 2gN, l)
-        conv_state = F.pad(xBC[:, :, -(K - 1):], (max(0, K - 1 - l), 0)) if return_states and K > 1 \
+        window = xBC.transpose(1, 2)                             # (b, E + 2gN, l) view
+        conv_state = F.pad(window[:, :, -(K - 1):], (max(0, K - 1 - l), 0)) if return_states and K > 1 \
             else xBC.new_zeros(b, self.conv_dim, 0)              # the last K-1 conv inputs
-        xBC = F.silu(self.conv1d(xBC)[..., :l]).transpose(1, 2)  # causal conv, SiLU: (b, l, E + 2gN)
+        # causal depthwise conv (the weights of self.conv1d), then SiLU: (b, l, E + 2gN); computed
+        # time-major by the fast layer, equal to F.silu(self.conv1d(window)[..., :l]).transpose(1, 2)
+        xBC = F.silu(causal_conv_time_major(xBC, self.conv1d.weight, self.conv1d.bias))
         xs, B, C = self._split_xBC(xBC)                          # (b, l, H, P), (b, l, g, N), (b, l, g, N)
         wide = torch.float64 if x.dtype == torch.float64 else torch.float32
         A = -torch.exp(self.A_log.to(wide))                      # (H,)

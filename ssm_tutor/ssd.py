@@ -334,7 +334,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         y = y * F.silu(z.to(compute))
     # A NaN or infinity in any input reaches the output; only then pay for the full check,
     # which names the argument (checking every input up front costs a pass over each).
-    if not bool(torch.isfinite(y.sum() + final.sum())):
+    if y.device.type != "meta" and not bool(torch.isfinite(y.sum() + final.sum())):   # meta: shapes only
         _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, check_finite=True)
     y = y.to(x.dtype)
     return (y, final) if return_final_states else y
