@@ -44,10 +44,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = ["segsum", "heads_from_groups", "ssd_step", "ssd_recurrent", "ssd_matrix", "ssd_quadratic",
            "chunk_diagonal_blocks", "chunk_states", "pass_states", "chunk_off_diagonal_blocks",
-           "ssd_chunked", "ssd_scan", "SSD_METHODS"]
+           "ssd_chunked", "ssd_scan", "SSD_METHODS", "matmul_flops"]
 
 SSD_METHODS = ("fast", "chunked", "recurrent")
 
@@ -68,12 +69,10 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     or is (-inf) - (-inf) = NaN. Here each segment is summed on its own: the (T, T) matrix of
     terms a_k for s < k (and 0 elsewhere) is summed down its columns.
     """
-    T = a.shape[-1]
-    below = torch.ones(T, T, dtype=torch.bool, device=a.device).tril(-1)   # [k, s]: k > s
-    terms = torch.where(below, a.unsqueeze(-1), 0.0)          # terms[..., k, s] = a_k if k > s: (..., T, T)
+    step = torch.arange(a.shape[-1], device=a.device)
+    terms = torch.where(step[:, None] > step, a.unsqueeze(-1), 0.0)   # terms[..., k, s] = a_k if k > s: (..., T, T)
     sums = terms.cumsum(dim=-2)                                # sums[..., t, s] = Σ_{s<k≤t} a_k
-    causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
-    return sums.masked_fill(~causal, -math.inf)
+    return sums.masked_fill(step[:, None] < step, -math.inf)   # s > t: -inf
 
 
 def heads_from_groups(B: torch.Tensor, h: int) -> torch.Tensor:
@@ -338,3 +337,44 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
         _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, check_finite=True)
     y = y.to(x.dtype)
     return (y, final) if return_final_states else y
+
+
+# ----------------------------------------------------------------------------------------------
+# counting the work
+# ----------------------------------------------------------------------------------------------
+
+class _MatmulFlopCounter(TorchDispatchMode):
+    """Sees every ATen operation run inside it and adds up the matrix products' FLOPs."""
+
+    PRODUCTS = {torch.ops.aten.mm, torch.ops.aten.bmm, torch.ops.aten.addmm, torch.ops.aten.baddbmm}
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False        # a plain counter: do not import torch._dynamo (seconds) to wrap it
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in self.PRODUCTS:
+            first = args[1] if func.overloadpacket in (torch.ops.aten.addmm, torch.ops.aten.baddbmm) else args[0]
+            self.flops += 2 * first.shape[-1] * out.numel()            # k multiply-adds per output entry
+        return out
+
+
+def matmul_flops(fn, *args, **kwargs) -> int:
+    """Call ``fn(*args, **kwargs)`` and return the FLOPs of the matrix products PyTorch ran for it
+    (every ``einsum`` that sums over an index becomes one), a multiply-add counting 2. Elementwise
+    work is not counted. ``tests/test_exercises_ch11.py`` checks it against PyTorch's own
+    ``torch.utils.flop_counter.FlopCounterMode``, which counts the same but first imports the
+    compiler stack, several seconds (so do "meta" tensors, whose operations go through it too)."""
+    # Inference mode and tensors made in it bypass Python dispatch modes: they would count 0.
+    inference = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.is_inference()]
+    if inference:
+        raise ValueError(f"matmul_flops: arguments {inference} were made under torch.inference_mode, and "
+                         f"inference tensors skip the counter; make them outside it (or under torch.no_grad)")
+    with torch.inference_mode(False), torch.no_grad(), _MatmulFlopCounter() as counter:
+        fn(*args, **kwargs)
+    return counter.flops

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ssm_tutor.exercises import check_exercise
-from ssm_tutor.ssd import pass_states, segsum
+from ssm_tutor.exercises.ch11 import measured_flops
+from ssm_tutor.ssd import chunk_diagonal_blocks, matmul_flops, pass_states, segsum, ssd_chunked, ssd_scan
 
 
 def flops(L, Q, n, p):
@@ -82,3 +83,25 @@ def test_typical_mistake_fails_with_its_hint(exercise_id, wrong, hint):
     result = check_exercise(exercise_id, wrong, verbose=False)
     assert result.status == "FAIL", result
     assert hint in result.message, result.message
+
+
+def test_matmul_flops_counts_what_pytorchs_flop_counter_counts():
+    from torch.utils.flop_counter import FlopCounterMode
+    g = torch.Generator().manual_seed(0)
+    x, dt = torch.randn(2, 37, 4, 3, generator=g), torch.rand(2, 37, 4, generator=g)
+    A, B, C = -torch.rand(4, generator=g), torch.randn(2, 37, 2, 5, generator=g), torch.randn(2, 37, 2, 5, generator=g)
+    runs = [lambda: ssd_chunked(x, dt, A, B, C, 8), lambda: ssd_scan(x, dt, A, B, C, 8),
+            lambda: chunk_diagonal_blocks(*(torch.randn(s, generator=g) for s in
+                                            [(1, 3, 4, 2, 5), (1, 2, 3, 4), (1, 3, 4, 2, 6), (1, 3, 4, 2, 6)])),
+            lambda: torch.addmm(torch.zeros(3, 5), torch.randn(3, 7), torch.randn(7, 5))]
+    for run in runs:
+        with FlopCounterMode(display=False) as reference:
+            run()
+        assert matmul_flops(run) == reference.get_total_flops() > 0
+        with torch.inference_mode():
+            assert matmul_flops(run) == reference.get_total_flops()    # inference mode skips dispatch modes
+
+
+def test_flop_cases_are_exact_formulas():
+    for L, Q, n, p in [(64, 16, 8, 4), (50, 16, 8, 4), (7, 8, 3, 5)]:
+        assert measured_flops(L, Q, n, p) == flops(L, Q, n, p)

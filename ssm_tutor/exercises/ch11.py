@@ -7,8 +7,8 @@
 
 Expected answers: 11.1 from a float64 sum over each segment, written here (nothing subtracted);
 11.2 from :func:`ssm_tutor.ssd.pass_states` (``tests/test_ssd.py`` checks it against the token-by-token
-recurrence); 11.3 from PyTorch's own FLOP counter (``torch.utils.flop_counter.FlopCounterMode``)
-running the package's step functions on tensors of those sizes. Each checker names the typical
+recurrence); 11.3 from counting the matrix products PyTorch runs for the package's step functions
+on tensors of those sizes (``matmul_flops``, which the tests hold to PyTorch's own FlopCounterMode). Each checker names the typical
 mistake it recognises.
 """
 
@@ -17,10 +17,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ssm_tutor.exercises import compare, exercise
-from ssm_tutor.ssd import chunk_diagonal_blocks, chunk_off_diagonal_blocks, chunk_states, pass_states
+from ssm_tutor.ssd import chunk_diagonal_blocks, chunk_off_diagonal_blocks, chunk_states, matmul_flops, pass_states
 
 
 # ---- 11.1 the stable segsum ----------------------------------------------------------------------
@@ -111,24 +110,20 @@ STEPS = ("diagonal_blocks", "chunk_states", "off_diagonal_blocks")
 
 
 def measured_flops(L: int, Q: int, n: int, p: int) -> dict:
-    """Matrix-multiply FLOPs of the package's steps 1, 2 and 4 for one sequence and one head, as
-    PyTorch's FlopCounterMode counts them (multiply-add = 2 FLOPs; elementwise work not counted)."""
+    """Matrix-multiply FLOPs of the package's steps 1, 2 and 4 for one sequence and one head, counted
+    from the products PyTorch runs (:func:`ssm_tutor.ssd.matmul_flops`, checked against PyTorch's
+    FlopCounterMode in the tests; multiply-add = 2 FLOPs; elementwise work not counted)."""
     c = math.ceil(L / Q)
 
-    def empty(*shape):                                   # "meta" tensors: shapes only, nothing computed
-        return torch.empty(*shape, device="meta")
+    def empty(*shape):                                   # values do not matter, only the shapes
+        return torch.zeros(*shape)
 
     xbar, B, C = empty(1, c, Q, 1, p), empty(1, c, Q, 1, n), empty(1, c, Q, 1, n)
     dA, entering = empty(1, 1, c, Q), empty(1, c, 1, p, n)
     runs = {"diagonal_blocks": lambda: chunk_diagonal_blocks(xbar, dA, B, C),
             "chunk_states": lambda: chunk_states(xbar, dA, B),
             "off_diagonal_blocks": lambda: chunk_off_diagonal_blocks(C, dA, entering)}
-    out = {}
-    for name, run in runs.items():
-        with FlopCounterMode(display=False) as counter:
-            run()
-        out[name] = counter.get_total_flops()
-    return out
+    return {name: matmul_flops(run) for name, run in runs.items()}
 
 
 def _flops_hint(expected, got, atol, rtol):
