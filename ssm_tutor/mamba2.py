@@ -1,7 +1,7 @@
 """Stage 11: the Mamba-2 language model, built on the SSD scan of ``ssm_tutor.ssd``.
 
 Notebook: ``notebooks/11_mamba2_ssd.ipynb``. Paper: Dao & Gu, *Transformers are SSMs* (2024),
-Section 7 (the Mamba-2 block, Figure 6: parallel projections, grouped B/C as in multi-value
+Section 7 (the Mamba-2 block: parallel projections, grouped B/C as in multi-value
 attention, an extra normalisation before the output projection), Section 5 (the scalar-A SSM).
 
 What changes from Mamba-1 (``ssm_tutor.mamba``), block by block::
@@ -194,7 +194,7 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2Mixer(nn.Module):
-    """The Mamba-2 mixer (Section 7.1, Figure 6). Input and output x: (b, l, D).
+    """The Mamba-2 mixer (Section 7). Input and output x: (b, l, D).
 
     Parameters (names as in the checkpoints):
         in_proj   (2E + 2gN + H, D)      x -> [z, x, B, C, dt]
