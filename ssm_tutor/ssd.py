@@ -46,6 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ssm_tutor.convolution import compute_dtype
+from ssm_tutor.validate import check_choice, validate_ssd_args
+
 __all__ = ["segsum", "heads_from_groups", "ssd_step", "ssd_recurrent", "ssd_matrix", "ssd_quadratic",
            "chunk_diagonal_blocks", "chunk_states", "pass_states", "chunk_off_diagonal_blocks",
            "ssd_chunked", "ssd_scan", "SSD_METHODS", "matmul_flops"]
@@ -226,66 +229,6 @@ def ssd_chunked(x, dt, A, B, C, chunk_size, initial_states=None):
 # the public scan: mamba_chunk_scan_combined's signature
 # ----------------------------------------------------------------------------------------------
 
-def _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, check_finite):
-    """Every argument check of :func:`ssd_scan`, in one place (to move into the shared
-    ``ssm_tutor.validate`` once it exists). Returns (b, l, h, p, g, n). Raises TypeError for a
-    wrong type or dtype, ValueError for a wrong shape, device or value, naming the argument,
-    what was expected and what came. Nothing is broadcast."""
-    tensors = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
-    for name in ("x", "dt", "A", "B", "C"):
-        if tensors[name] is None:
-            raise TypeError(f"{name} is required, got None")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.is_complex() or not t.is_floating_point():
-            raise TypeError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name} is on device {t.device} but x is on {x.device}; move them to one device")
-    wide = [name for name, t in tensors.items() if t is not None and t.dtype == torch.float64]
-    if wide and len(wide) != sum(t is not None for t in tensors.values()):
-        narrow = [f"{k} ({t.dtype})" for k, t in tensors.items() if t is not None and t.dtype != torch.float64]
-        raise TypeError(f"float64 must be used for all arguments or none: {', '.join(wide)} are float64 "
-                        f"but {', '.join(narrow)} are not")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    if (not isinstance(dt_limit, (tuple, list)) or len(dt_limit) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in dt_limit)
-            or not 0 <= dt_limit[0] <= dt_limit[1]):
-        raise ValueError(f"dt_limit must be a pair (low, high) with 0 <= low <= high, got {dt_limit!r}")
-
-    def shape(name, t, expected, want):
-        if t is not None and tuple(t.shape) != tuple(want):
-            raise ValueError(f"{name} must have shape {expected} = {tuple(want)}, got shape {tuple(t.shape)}")
-
-    if x.dim() != 4:
-        raise ValueError(f"x must have shape (batch, length, heads, head_dim), got shape {tuple(x.shape)}")
-    b, l, h, p = x.shape
-    if l == 0:
-        raise ValueError("x has length 0: the scan needs at least one time step")
-    shape("dt", dt, "(batch, length, heads)", (b, l, h))
-    shape("A", A, "(heads,)", (h,))
-    if B.dim() != 4 or B.shape[:2] != (b, l) or B.shape[2] == 0 or h % B.shape[2] != 0:
-        raise ValueError(f"B must have shape (batch, length, groups, state) = ({b}, {l}, g, n) with g dividing "
-                         f"heads = {h}, got shape {tuple(B.shape)}")
-    g, n = B.shape[2:]
-    shape("C", C, "(batch, length, groups, state) like B", (b, l, g, n))
-    if D is not None and tuple(D.shape) not in ((h,), (h, p)):
-        raise ValueError(f"D must have shape (heads,) = ({h},) or (heads, head_dim) = ({h}, {p}), "
-                         f"got shape {tuple(D.shape)}")
-    shape("z", z, "(batch, length, heads, head_dim) like x", (b, l, h, p))
-    shape("dt_bias", dt_bias, "(heads,)", (h,))
-    shape("initial_states", initial_states, "(batch, heads, head_dim, state)", (b, h, p, n))
-    if check_finite:
-        for name, t in tensors.items():
-            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                raise ValueError(f"{name} contains {bad} NaN or infinite value(s) out of {t.numel()}")
-    return b, l, h, p, g, n
-
-
 def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
              dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False, method="fast"):
     """Mamba-2's SSD scan with the signature and meaning of ``mamba_ssm``'s
@@ -307,10 +250,9 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
     the compute dtype (float32; float64 for float64 inputs; half precision accumulates in
     float32). Differentiable by autograd with every method.
     """
-    if method not in SSD_METHODS:
-        raise ValueError(f"method must be one of {SSD_METHODS}, got {method!r}")
-    _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, check_finite=False)
-    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    check_choice("method", method, SSD_METHODS)
+    validate_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, check_finite=False)
+    compute = compute_dtype(x.dtype)
     x_c = x.to(compute)
     delta = dt.to(compute)
     if dt_bias is not None:
@@ -334,7 +276,7 @@ def ssd_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_s
     # A NaN or infinity in any input reaches the output; only then pay for the full check,
     # which names the argument (checking every input up front costs a pass over each).
     if y.device.type != "meta" and not bool(torch.isfinite(y.sum() + final.sum())):   # meta: shapes only
-        _check_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, check_finite=True)
+        validate_ssd_args(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, dt_limit, check_finite=True)
     y = y.to(x.dtype)
     return (y, final) if return_final_states else y
 

@@ -315,8 +315,8 @@ def _ok():
     ("z", torch.zeros(2, 6, 4, 2), ValueError, "z must have shape"),
     ("dt_bias", torch.zeros(2), ValueError, "dt_bias must have shape"),
     ("initial_states", torch.zeros(2, 4, 5, 3), ValueError, r"initial_states must have shape .* = \(2, 4, 3, 5\)"),
-    ("x", torch.zeros(2, 6, 4, 3, dtype=torch.long), TypeError, "x must be a real floating-point tensor"),
-    ("B", torch.zeros(2, 6, 2, 5, dtype=torch.complex64), TypeError, "B must be a real floating-point tensor"),
+    ("x", torch.zeros(2, 6, 4, 3, dtype=torch.long), TypeError, "x must be a floating-point tensor, got dtype torch.int64"),
+    ("B", torch.zeros(2, 6, 2, 5, dtype=torch.complex64), TypeError, "B must be a floating-point tensor, got dtype torch.complex64"),
     ("A", [1.0, 2.0, 3.0, 4.0], TypeError, "A must be a torch.Tensor, got list"),
     ("A", torch.zeros(4, dtype=torch.float64), TypeError, "float64 must be used for all arguments or none: A"),
     ("D", torch.zeros(4, device="meta"), ValueError, "D is on device meta but x is on cpu"),
@@ -330,8 +330,8 @@ def test_bad_arguments_raise_named_errors(name, value, error, match):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(chunk_size=0), "chunk_size must be a positive int, got 0"),
-    (dict(chunk_size=True), "chunk_size must be a positive int, got True"),
+    (dict(chunk_size=0), "chunk_size must be a positive integer, got 0"),
+    (dict(chunk_size=True), "chunk_size must be a positive integer, got True"),
     (dict(chunk_size=4, dt_limit=(1.0, 0.5)), r"dt_limit must be a pair \(low, high\) with 0 <= low <= high"),
     (dict(chunk_size=4, dt_limit=(0.0,)), "dt_limit must be a pair"),
     (dict(chunk_size=4, method="triton"), r"method must be one of \('fast', 'chunked', 'recurrent'\)"),
