@@ -27,28 +27,34 @@ Checkpoints use transformers' Mamba-2 layout (``config.json`` + ``model.safetens
 ``backbone.norm_f.weight``, ``lm_head.weight`` unless tied), so a model saved here loads in
 ``transformers.Mamba2ForCausalLM`` and the other way round.
 
-The language model itself is :class:`ssm_tutor.mamba.MambaLM`'s: ``forward``, the recurrent
-``step`` and ``generate`` (same arguments) are inherited and only the blocks differ. The
-recurrent cache holds, per layer, the conv window (b, E + 2gN, K-1) and the SSM state (b, H, P, N).
+The language model itself is :class:`ssm_tutor.mamba.MambaLM`'s: ``forward`` (with
+``attention_mask``), the recurrent ``step``, ``generate`` (same arguments), the checkpoints and
+the fast-path switch are inherited and only the mixer differs. The recurrent cache is a
+:class:`~ssm_tutor.mamba.MambaCache` holding, per layer, the conv window (b, E + 2gN, K-1) and
+the SSM state (b, H, P, N).
+
+Two paths compute the mixer's forward pass, as for Mamba: the *teaching* path written in
+:meth:`Mamba2Mixer.forward` (``nn.Conv1d``, then the chunked algorithm's four steps of
+``ssm_tutor.ssd``), and the *fast* path of :mod:`ssm_tutor.fast.mixer` (a time-major
+convolution and the chunk-by-chunk SSD scan of :mod:`ssm_tutor.fast.ssd`). ``Mamba2LM(config)``
+takes the fast path, ``Mamba2LM(config, fast=False)`` the teaching one; the tests hold them equal.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_tutor.mamba import (CheckpointError, MambaBackbone, MambaBlock, MambaCache, MambaLM, RMSNorm,
-                             causal_conv_step)
-from ssm_tutor.fast.ssd import causal_conv_time_major
-from ssm_tutor.selective import dt_bias_init
+from ssm_tutor.convolution import compute_dtype, dt_bias_init
+from ssm_tutor.mamba import (HFConfig, MambaBackbone, MambaBlock, MambaLM, RMSNorm, causal_conv_step,
+                             last_conv_inputs, zero_padding)
 from ssm_tutor.ssd import ssd_scan, ssd_step
+from ssm_tutor.validate import check_has_data, check_layer_input, check_step_limit, positive_int
 
 __all__ = ["Mamba2Config", "GatedRMSNorm", "Mamba2Mixer", "Mamba2Block", "Mamba2Backbone", "Mamba2LM"]
 
@@ -58,11 +64,11 @@ __all__ = ["Mamba2Config", "GatedRMSNorm", "Mamba2Mixer", "Mamba2Block", "Mamba2
 # --------------------------------------------------------------------------------------------
 
 @dataclass
-class Mamba2Config:
+class Mamba2Config(HFConfig):
     """The hyper-parameters, with the names and defaults of ``transformers.Mamba2Config``.
 
     Fields this class does not use (``time_step_rank``, ``transformers_version``, …) are kept in
-    ``extra`` and written back, so a config survives a round trip.
+    ``extra`` and written back, so a config survives a round trip (:class:`~ssm_tutor.mamba.HFConfig`).
     """
 
     num_heads: int = 128
@@ -93,12 +99,13 @@ class Mamba2Config:
     tie_word_embeddings: bool = False
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
+    model_type: ClassVar[str] = "mamba2"
+    architecture: ClassVar[str] = "Mamba2ForCausalLM"
+
     def __post_init__(self):
         for name in ("num_heads", "head_dim", "vocab_size", "hidden_size", "state_size", "num_hidden_layers",
                      "expand", "conv_kernel", "n_groups", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Mamba2Config.{name} must be a positive integer, got {value!r}")
+            positive_int(f"Mamba2Config.{name}", getattr(self, name))
         if self.expand * self.hidden_size != self.num_heads * self.head_dim:
             raise ValueError(f"Mamba2Config: expand * hidden_size = {self.expand} * {self.hidden_size} must equal "
                              f"num_heads * head_dim = {self.num_heads} * {self.head_dim}")
@@ -106,11 +113,10 @@ class Mamba2Config:
             raise ValueError(f"Mamba2Config.n_groups = {self.n_groups} must divide num_heads = {self.num_heads}")
         if self.hidden_act != "silu":
             raise ValueError(f"Mamba2Config.hidden_act must be 'silu', got {self.hidden_act!r}")
-        limit = tuple(_decode_float(v) for v in self.time_step_limit)
-        if len(limit) != 2 or not 0 <= limit[0] <= limit[1]:
-            raise ValueError(f"Mamba2Config.time_step_limit must be (low, high) with 0 <= low <= high, "
-                             f"got {self.time_step_limit!r}")
-        self.time_step_limit = limit
+        limit = self.time_step_limit
+        if isinstance(limit, (tuple, list)):
+            limit = [_decode_float(v) for v in limit]
+        self.time_step_limit = check_step_limit("Mamba2Config.time_step_limit", limit)
         if not 0 < self.time_step_min <= self.time_step_max:
             raise ValueError(f"Mamba2Config needs 0 < time_step_min <= time_step_max, got "
                              f"{self.time_step_min!r} and {self.time_step_max!r}")
@@ -130,67 +136,52 @@ class Mamba2Config:
     def to_dict(self) -> dict:
         """The ``config.json`` content, readable by ``transformers.Mamba2Config``. An infinite
         limit is written as transformers 5 writes it, {"__float__": "Infinity"} (plain JSON has no inf)."""
-        out = dict(self.extra)
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
+        out = super().to_dict()
         out["time_step_limit"] = [_encode_float(v) for v in self.time_step_limit]
-        out.update(model_type="mamba2", architectures=["Mamba2ForCausalLM"])
-        out.setdefault("dtype", "float32")
         return out
-
-    @classmethod
-    def from_dict(cls, config: dict) -> "Mamba2Config":
-        """Read transformers' ``config.json`` dict (``model_type`` "mamba2")."""
-        config = dict(config)
-        model_type = config.pop("model_type", "mamba2")
-        if model_type != "mamba2":
-            raise ValueError(f"config.json has model_type {model_type!r}; Mamba2Config reads 'mamba2' "
-                             f"(use ssm_tutor.mamba.MambaConfig for 'mamba')")
-        config.pop("architectures", None)
-        names = {f.name for f in fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in config.items() if k in names},
-                   extra={k: v for k, v in config.items() if k not in names})
 
 
 def _encode_float(v: float):
     return {"__float__": "Infinity"} if v == math.inf else v
 
 
-def _decode_float(v) -> float:
+def _decode_float(v):
     if isinstance(v, dict) and set(v) == {"__float__"}:
         return float(v["__float__"].replace("Infinity", "inf"))
-    return float(v)
+    return v
 
 
 # --------------------------------------------------------------------------------------------
 # The pieces
 # --------------------------------------------------------------------------------------------
 
-class GatedRMSNorm(nn.Module):
+class GatedRMSNorm(RMSNorm):
     """Mamba-2's output norm: gate first, then RMS-normalise each of g groups of channels.
 
-        u = y ⊙ SiLU(z),   u_G ← u_G / sqrt(mean(u_G²) + ε) for each group G of E/g channels,   out = w ⊙ u
+        u = y ⊙ SiLU(z),   u_G ← u_G / sqrt(mean(u_G²) + ε) for each group G of d/g channels,   out = w ⊙ u
 
     (``norm_before_gate=False`` in ``mamba_ssm``). With g = n_groups the normalisation never mixes
     the heads of two groups, so the model can be split across devices group by group (Section 7.2).
-    Computed in float32 (float64 for float64 inputs) and returned in y's dtype, as transformers does.
+    Computed in float32 (float64 for float64 inputs) and returned in y's dtype, as transformers
+    does. The weight w (d,) is :class:`~ssm_tutor.mamba.RMSNorm`'s.
     """
 
     def __init__(self, d: int, groups: int, eps: float = 1e-5):
-        super().__init__()
+        positive_int("groups", groups)
         if d % groups:
             raise ValueError(f"GatedRMSNorm: groups = {groups} must divide d = {d}")
-        self.groups, self.eps = groups, eps
-        self.weight = nn.Parameter(torch.ones(d))                # w: (d,)
+        super().__init__(d, eps)
+        self.groups = groups
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        wide = torch.float64 if y.dtype == torch.float64 else torch.float32
-        u = y.to(wide) * F.silu(z.to(wide))                      # (..., d)
+        wide = compute_dtype(y.dtype)
+        u = y.to(wide) * F.silu(z.to(wide))                      # the gate: (..., d)
         u = u.unflatten(-1, (self.groups, -1))                   # (..., g, d/g)
         u = F.rms_norm(u, (u.shape[-1],), eps=self.eps).flatten(-2)
         return self.weight * u.to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, groups={self.groups}, eps={self.eps}"
+        return f"{super().extra_repr()}, groups={self.groups}"
 
 
 class Mamba2Mixer(nn.Module):
@@ -204,21 +195,32 @@ class Mamba2Mixer(nn.Module):
         D         (H,)                   skip connection, per head
         norm      (E,)                   gated RMSNorm over n_groups groups
         out_proj  (D, E)
+
+    ``fast`` (default True): :meth:`forward` runs :func:`ssm_tutor.fast.mixer.mamba2_mixer_forward`
+    (a time-major convolution and the fast SSD scan); False runs the teaching path written here,
+    with the chunked algorithm's four steps (``ssd_scan(method="chunked")``). ``attention_mask``
+    as in :class:`~ssm_tutor.mamba.MambaShell`: padded positions are zeroed before the
+    convolution and before the scan, so left padding reaches neither the window nor the state.
+    (``gated`` is there for :class:`~ssm_tutor.mamba.MambaBlock`'s signature: Mamba-2's gate sits
+    inside its norm and cannot be switched off.)
     """
 
-    def __init__(self, config: Mamba2Config):
+    has_fast_path = True
+
+    def __init__(self, config: Mamba2Config, *, gated: bool = True, fast: bool = True):
         super().__init__()
-        self.config = config
-        D, E, H, N, g = (config.hidden_size, config.intermediate_size, config.num_heads, config.state_size,
-                         config.n_groups)
-        self.conv_dim = config.conv_dim
+        if gated is not True:
+            raise ValueError("Mamba2Mixer has its gate inside the output norm (GatedRMSNorm); gated must be True")
+        self.config, self.fast = config, fast
+        D, E, H = config.hidden_size, config.intermediate_size, config.num_heads
+        self.hidden_size, self.conv_dim = D, config.conv_dim
         self.in_proj = nn.Linear(D, E + self.conv_dim + H, bias=config.use_bias)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=config.conv_kernel, groups=self.conv_dim,
                                 padding=config.conv_kernel - 1, bias=config.use_conv_bias)
         self.dt_bias = nn.Parameter(torch.empty(H))
         self.A_log = nn.Parameter(torch.empty(H))
         self.D = nn.Parameter(torch.empty(H))
-        self.norm = GatedRMSNorm(E, g, config.layer_norm_epsilon)
+        self.norm = GatedRMSNorm(E, config.n_groups, config.layer_norm_epsilon)
         self.out_proj = nn.Linear(E, D, bias=config.use_bias)
         self.reset_parameters()
 
@@ -238,34 +240,35 @@ class Mamba2Mixer(nn.Module):
         self.norm.weight.fill_(1.0)
         self.out_proj.weight /= math.sqrt(cfg.num_hidden_layers)
 
-    def _split_xBC(self, xBC: torch.Tensor):
-        """[x, B, C] (..., E + 2gN) -> x (..., H, P), B and C (..., g, N)."""
+    def split_xBC(self, xBC: torch.Tensor):
+        """[x, B, C] (..., E + 2gN) -> views x (..., H, P), B and C (..., g, N)."""
         cfg = self.config
         x, B, C = torch.split(xBC, [cfg.intermediate_size, cfg.n_groups * cfg.state_size,
                                     cfg.n_groups * cfg.state_size], dim=-1)
         return (x.unflatten(-1, (cfg.num_heads, cfg.head_dim)), B.unflatten(-1, (cfg.n_groups, cfg.state_size)),
                 C.unflatten(-1, (cfg.n_groups, cfg.state_size)))
 
-    def forward(self, x: torch.Tensor, return_states: bool = False):
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
         """The parallel form over a sequence: x (b, l, D) -> (b, l, D); with ``return_states``
         also (conv window (b, E + 2gN, K-1), SSM state (b, H, P, N)) after the last token."""
+        check_layer_input(x, self.hidden_size, "Mamba2Mixer")
+        check_has_data("Mamba2Mixer's weights", self.in_proj.weight)
+        if self.fast:
+            from ssm_tutor.fast.mixer import mamba2_mixer_forward     # the fast layer builds on this module
+            return mamba2_mixer_forward(self, x, attention_mask, return_states)
         cfg = self.config
-        b, l, _ = x.shape
-        E, H, K = cfg.intermediate_size, cfg.num_heads, cfg.conv_kernel
+        l, E, H, K = x.shape[1], cfg.intermediate_size, cfg.num_heads, cfg.conv_kernel
         z, xBC, dt = torch.split(self.in_proj(x), [E, self.conv_dim, H], dim=-1)   # (b,l,E), (b,l,E+2gN), (b,l,H)
-        window = xBC.transpose(1, 2)                             # (b, E + 2gN, l) view
-        conv_state = F.pad(window[:, :, -(K - 1):], (max(0, K - 1 - l), 0)) if return_states and K > 1 \
-            else xBC.new_zeros(b, self.conv_dim, 0)              # the last K-1 conv inputs
-        # causal depthwise conv (the weights of self.conv1d), then SiLU: (b, l, E + 2gN); computed
-        # time-major by the fast layer, equal to F.silu(self.conv1d(window)[..., :l]).transpose(1, 2)
-        xBC = F.silu(causal_conv_time_major(xBC, self.conv1d.weight, self.conv1d.bias))
-        xs, B, C = self._split_xBC(xBC)                          # (b, l, H, P), (b, l, g, N), (b, l, g, N)
-        wide = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xBC = zero_padding(xBC, attention_mask)                  # padding feeds nothing forward
+        conv = self.conv1d(xBC.transpose(1, 2))[..., :l]         # causal conv over time: (b, E + 2gN, l)
+        xs, B, C = self.split_xBC(zero_padding(F.silu(conv).transpose(1, 2), attention_mask))
+        wide = compute_dtype(x.dtype)                            # xs (b, l, H, P), B and C (b, l, g, N)
         A = -torch.exp(self.A_log.to(wide))                      # (H,)
-        y, ssm_state = ssd_scan(xs, dt, A, B, C, cfg.chunk_size, D=self.D.to(wide), dt_bias=self.dt_bias.to(wide),
-                                dt_softplus=True, dt_limit=cfg.time_step_limit, return_final_states=True)
-        y = self.out_proj(self.norm(y.flatten(-2), z))           # (b, l, D)
-        return (y, (conv_state, ssm_state)) if return_states else y
+        y, h = ssd_scan(xs, dt, A, B, C, cfg.chunk_size, D=self.D.to(wide), dt_bias=self.dt_bias.to(wide),
+                        dt_softplus=True, dt_limit=cfg.time_step_limit, return_final_states=True,
+                        method="chunked")                        # the four steps: (b, l, H, P), (b, H, P, N)
+        y = self.out_proj(self.norm(y.flatten(-2), z))           # gate, norm, project: (b, l, D)
+        return (y, (last_conv_inputs(xBC, K), h)) if return_states else y
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
              A: torch.Tensor | None = None) -> torch.Tensor:
@@ -281,7 +284,7 @@ class Mamba2Mixer(nn.Module):
         E, H = cfg.intermediate_size, cfg.num_heads
         z, xBC, dt = torch.split(self.in_proj(x), [E, self.conv_dim, H], dim=-1)    # (b, E), (b, E+2gN), (b, H)
         xBC = F.silu(causal_conv_step(conv_state, xBC, self.conv1d.weight[:, 0], self.conv1d.bias))
-        xs, B, C = self._split_xBC(xBC)                          # (b, H, P), (b, g, N), (b, g, N)
+        xs, B, C = self.split_xBC(xBC)                           # (b, H, P), (b, g, N), (b, g, N)
         wide = ssm_state.dtype
         delta = F.softplus(dt.to(wide) + self.dt_bias.to(wide)).clamp(*cfg.time_step_limit)   # Δ_t: (b, H)
         if A is None:
@@ -291,106 +294,49 @@ class Mamba2Mixer(nn.Module):
         y = y + self.D.to(wide)[:, None] * xs.to(wide)           # + D x_t
         return self.out_proj(self.norm(y.flatten(-2).to(x.dtype), z))   # (b, D)
 
+    def init_states(self, batch: int):
+        """Zero states for ``batch`` sequences: (conv window (b, E + 2gN, K-1), SSM state (b, H, P, N))."""
+        positive_int("batch", batch)
+        cfg, w = self.config, self.in_proj.weight
+        window = torch.zeros(batch, self.conv_dim, cfg.conv_kernel - 1, dtype=w.dtype, device=w.device)
+        state = torch.zeros(batch, cfg.num_heads, cfg.head_dim, cfg.state_size, dtype=compute_dtype(w.dtype),
+                            device=w.device)
+        return window, state
+
+
+# --------------------------------------------------------------------------------------------
+# The block, the backbone, the language model: Mamba-1's, with the Mamba-2 mixer
+# --------------------------------------------------------------------------------------------
 
 class Mamba2Block(MambaBlock):
-    """Mamba-1's pre-norm residual block (``forward`` and ``step`` inherited) around the Mamba-2 mixer."""
+    """:class:`~ssm_tutor.mamba.MambaBlock` (pre-norm residual, ``forward`` and ``step``) around
+    the Mamba-2 mixer."""
 
-    def __init__(self, config: Mamba2Config):
-        nn.Module.__init__(self)
-        self.residual_in_fp32 = config.residual_in_fp32
-        self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        self.mixer = Mamba2Mixer(config)
+    mixers = {"ssd": Mamba2Mixer}
 
 
 class Mamba2Backbone(MambaBackbone):
-    """Embeddings, the Mamba-2 blocks, the final norm (checkpoint prefix ``backbone.``); ``forward``
-    is Mamba-1's."""
+    """:class:`~ssm_tutor.mamba.MambaBackbone` (embeddings, blocks, final norm; checkpoint prefix
+    ``backbone.``) with Mamba-2 blocks."""
 
-    def __init__(self, config: Mamba2Config):
-        nn.Module.__init__(self)
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(Mamba2Block(config) for _ in range(config.num_hidden_layers))
-        self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        nn.init.normal_(self.embeddings.weight, std=0.02)
+    block = Mamba2Block
 
-
-# --------------------------------------------------------------------------------------------
-# The language model
-# --------------------------------------------------------------------------------------------
 
 class Mamba2LM(MambaLM):
     """Mamba-2 language model; state-dict keys are those of ``transformers.Mamba2ForCausalLM``.
 
-    ``forward(input_ids, return_cache=False)``, ``step(token_ids, cache)`` and ``generate(input_ids,
-    max_new_tokens, temperature=0.0, top_k=None, seed=None)`` are :class:`~ssm_tutor.mamba.MambaLM`'s.
+    :class:`~ssm_tutor.mamba.MambaLM` with Mamba-2 blocks: ``forward(input_ids, attention_mask=None,
+    return_cache=False)``, ``step(token_ids, cache)``, ``generate(input_ids, max_new_tokens,
+    temperature=0.0, top_k=None, seed=None, attention_mask=None)``, ``init_cache``,
+    ``use_fast_path``, ``save_pretrained`` and ``from_pretrained`` are all MambaLM's (the cache a
+    :class:`~ssm_tutor.mamba.MambaCache` with Mamba-2's sizes). ``fast`` (default True): the fast
+    path of :mod:`ssm_tutor.fast`; ``Mamba2LM(config, fast=False)`` or ``use_fast_path(False)``
+    the teaching path.
     """
 
-    def __init__(self, config: Mamba2Config):
-        nn.Module.__init__(self)
-        self.config = config
-        self.backbone = Mamba2Backbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.backbone.embeddings.weight   # one matrix, two uses
+    config_class = Mamba2Config
+    backbone_class = Mamba2Backbone
+    checkpoint_mixer = "ssd"
 
-    @torch.inference_mode()
-    def init_cache(self, batch: int) -> MambaCache:
-        """An empty cache (the state before any token): per layer a conv window (b, E + 2gN, K-1)
-        and an SSM state (b, H, P, N) of zeros."""
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be a positive int, got {batch!r}")
-        cfg, w = self.config, self.lm_head.weight
-        state_dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
-        L = cfg.num_hidden_layers
-        return MambaCache(
-            [torch.zeros(batch, cfg.conv_dim, cfg.conv_kernel - 1, dtype=w.dtype, device=w.device) for _ in range(L)],
-            [torch.zeros(batch, cfg.num_heads, cfg.head_dim, cfg.state_size, dtype=state_dtype, device=w.device)
-             for _ in range(L)])
-
-    # save_pretrained is MambaLM's: config.json from Mamba2Config.to_dict, model.safetensors.
-    @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "Mamba2LM":
-        """Load a checkpoint directory written by :meth:`save_pretrained` or by
-        ``transformers.Mamba2ForCausalLM.save_pretrained`` (config.json + model.safetensors, or
-        sharded safetensors). Raises CheckpointError naming every missing, unexpected or mis-shaped key."""
-        config, state = _read_checkpoint(Path(path))
-        if "backbone.embedding.weight" in state and "backbone.embeddings.weight" not in state:
-            state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")   # mamba_ssm's name
-        model = cls(config)
-        model.load_checkpoint_state(state)
-        return model.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else model
-
-    def load_checkpoint_state(self, state: dict) -> None:
-        """MambaLM's key, shape and finiteness checks, naming this class in the error."""
-        try:
-            super().load_checkpoint_state(state)
-        except CheckpointError as err:
-            raise CheckpointError(str(err).replace("MambaLM", type(self).__name__, 1)) from None
-
-
-def _read_checkpoint(path: Path) -> tuple[Mamba2Config, dict]:
-    """(config, tensors) of a checkpoint directory: config.json and safetensors only (never
-    unpickled). A shard index may only name files inside the directory.
-    (To be replaced by the shared ``ssm_tutor.checkpoint`` reader once it exists.)"""
-    from safetensors.torch import load_file
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json (found: {sorted(os.listdir(path))})")
-    try:
-        config = Mamba2Config.from_dict(json.loads((path / "config.json").read_text()))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path / 'config.json'} is not valid JSON: {err}") from None
-    if (path / "model.safetensors").is_file():
-        return config, load_file(str(path / "model.safetensors"))
-    index = path / "model.safetensors.index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{path} has no model.safetensors or model.safetensors.index.json "
-                                f"(found: {sorted(os.listdir(path))})")
-    state = {}
-    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-        file = (path / shard).resolve()
-        if file.parent != path.resolve():
-            raise CheckpointError(f"{index} names the shard {shard!r}, which is outside {path}")
-        state.update(load_file(str(file)))
-    return config, state
+    def __init__(self, config: Mamba2Config, fast: bool = True):
+        super().__init__(config, fast, mixer="ssd")

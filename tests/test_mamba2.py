@@ -11,12 +11,16 @@ import pytest
 import torch
 
 import transformers  # noqa: E402  (the reference; a pinned test requirement, so a missing install fails)
+
+from language_models import (assert_cache_converts_from_transformers, assert_fast_path_equals_teaching_path,  # noqa: F401
+                             assert_gradients_match, assert_left_padding_is_invisible, assert_mask_matches_transformers,
+                             fast, ids_for, jittered, reference)  # (fast: a fixture)
 from transformers.models.mamba2.modeling_mamba2 import MambaRMSNormGated
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from ssm_tutor.mamba import CheckpointError, MambaCache
-from ssm_tutor.mamba2 import GatedRMSNorm, Mamba2Config, Mamba2LM
+from ssm_tutor.mamba import CheckpointError, MambaCache, MambaLM
+from ssm_tutor.mamba2 import GatedRMSNorm, Mamba2Config, Mamba2LM, Mamba2Mixer
 
 # n_groups 1 and > 1 (and = heads), tied and untied heads, chunks that do not divide the lengths
 # used below (13 and 5 + 12), every conv kernel from 2 to 4, biases on and off, a dt limit.
@@ -35,27 +39,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see tests/co
 
 
 def make_hf(cfg: dict, seed: int = 0):
+    return reference(transformers.Mamba2ForCausalLM, transformers.Mamba2Config, cfg, seed)
+
+
+def make_ours(cfg: dict, seed: int = 0, fast: bool = True):
     torch.manual_seed(seed)
-    model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(**cfg)).eval()
-    with torch.no_grad():
-        for p in model.parameters():                  # a tied head is perturbed once, with the embedding
-            p.add_(0.1 * torch.randn_like(p))
-    model.generation_config.eos_token_id = None      # never stop early: compare every token
-    model.generation_config.pad_token_id = 0
-    return model
-
-
-def make_ours(cfg: dict, seed: int = 0):
-    torch.manual_seed(seed)
-    model = Mamba2LM(Mamba2Config(**cfg)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def ids_for(cfg, batch=2, length=13, seed=1):
-    return torch.randint(0, cfg["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+    return jittered(Mamba2LM(Mamba2Config(**cfg), fast=fast))
 
 
 @pytest.fixture(params=list(CONFIGS), ids=list(CONFIGS))
@@ -65,10 +54,11 @@ def cfg(request):
 
 # ---- parity with transformers ------------------------------------------------------------------
 
-def test_logits_match_transformers_when_transformers_saves(cfg, tmp_path):
+def test_logits_match_transformers_when_transformers_saves(cfg, fast, tmp_path):
     hf = make_hf(cfg)
     hf.save_pretrained(tmp_path)
-    ours = Mamba2LM.from_pretrained(tmp_path).eval()
+    ours = Mamba2LM.from_pretrained(tmp_path, fast=fast).eval()
+    assert ours.backbone.layers[0].mixer.fast == fast
     ids = ids_for(cfg)
     with torch.no_grad():
         expected = hf(ids, use_cache=False).logits
@@ -90,13 +80,13 @@ def test_transformers_reads_our_checkpoint_and_config(cfg, tmp_path):
         torch.testing.assert_close(ours(ids), hf(ids, use_cache=False).logits, atol=1e-4, rtol=0)
 
 
-def test_greedy_generation_matches_transformers_token_for_token(cfg, tmp_path):
+def test_greedy_generation_matches_transformers_token_for_token(cfg, fast, tmp_path):
     # transformers' recurrent step does not clamp Δ to time_step_limit (ours does, as its forward
     # does): compare generation with the default, unlimited range; the limit's forward is compared above
     cfg = {k: v for k, v in cfg.items() if k != "time_step_limit"}
     hf = make_hf(cfg, seed=3)
     hf.save_pretrained(tmp_path)
-    ours = Mamba2LM.from_pretrained(tmp_path).eval()
+    ours = Mamba2LM.from_pretrained(tmp_path, fast=fast).eval()
     prompt = ids_for(cfg, batch=2, length=5, seed=4)
     with torch.no_grad():
         expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
@@ -106,21 +96,13 @@ def test_greedy_generation_matches_transformers_token_for_token(cfg, tmp_path):
     assert torch.equal(got, expected), f"ours {got.tolist()}\ntheirs {expected.tolist()}"
 
 
-def test_gradients_match_transformers(tmp_path):
+def test_gradients_match_transformers(fast, tmp_path):
     """Training needs the backward pass too: every parameter's gradient of a loss agrees."""
     cfg = CONFIGS["h4x6-g2-n5-k3-Q4-untied"]
     hf = make_hf(cfg)
     hf.save_pretrained(tmp_path)
-    ours = Mamba2LM.from_pretrained(tmp_path)
-    hf.train()
-    ids = ids_for(cfg, batch=2, length=10, seed=5)
-    weights = torch.randn(2, 10, cfg["vocab_size"], generator=torch.Generator().manual_seed(6))
-    (hf(ids, use_cache=False).logits * weights).sum().backward()
-    (ours(ids) * weights).sum().backward()
-    theirs = dict(hf.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, theirs[name].grad, atol=1e-4, rtol=1e-4, msg=name)
-
+    assert_gradients_match(Mamba2LM.from_pretrained(tmp_path, fast=fast), hf, ids_for(cfg, length=10, seed=5),
+                           cfg["vocab_size"])
 
 def test_gated_norm_matches_transformers():
     x, z = torch.randn(2, 5, 12), torch.randn(2, 5, 12)
@@ -226,7 +208,7 @@ def test_checkpoint_problems_are_named(tmp_path):
     message = str(err.value)
     assert "does not fit Mamba2LM" in message
     assert "missing key 'backbone.layers.1.mixer.dt_bias'" in message
-    assert "'backbone.layers.0.mixer.A_log' has shape (5,), the model expects (4,)" in message
+    assert "'backbone.layers.0.mixer.A_log' has shape (5,), Mamba2LM expects (4,)" in message
 
 
 def test_missing_files_and_foreign_shards_are_refused(tmp_path):
@@ -240,3 +222,90 @@ def test_missing_files_and_foreign_shards_are_refused(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../elsewhere.safetensors"}}))
     with pytest.raises(CheckpointError, match="outside"):
         Mamba2LM.from_pretrained(tmp_path)
+
+
+def test_a_mamba2_checkpoint_is_refused_by_mamba1_with_the_class_to_use(tmp_path):
+    make_ours(CONFIGS["h4x6-g2-n5-k3-Q4-untied"]).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"use ssm_tutor.mamba2.Mamba2LM for 'mamba2'"):
+        MambaLM.from_pretrained(tmp_path)
+
+
+# ---- the teaching path and the fast path ---------------------------------------------------------
+
+def test_fast_path_equals_teaching_path_values_gradients_and_tokens(cfg):
+    """ssm_tutor.fast (a time-major convolution, the fast SSD scan) is held to the teaching layer
+    (nn.Conv1d, the chunked algorithm's four steps); see language_models.py."""
+    assert_fast_path_equals_teaching_path(make_ours(cfg, fast=True), Mamba2LM(Mamba2Config(**cfg), fast=False).eval(),
+                                          cfg)
+
+def test_both_paths_hand_over_the_same_cache(cfg):
+    fast = make_ours(cfg, seed=13, fast=True)
+    teaching = Mamba2LM(Mamba2Config(**cfg), fast=False).eval()
+    teaching.load_state_dict(fast.state_dict())
+    ids = ids_for(cfg, batch=2, length=7, seed=14)
+    with torch.no_grad():
+        _, a = fast(ids, return_cache=True)
+        _, b = teaching(ids, return_cache=True)
+    for x, y in zip(a.conv_states + a.ssm_states, b.conv_states + b.ssm_states):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_mixer_refuses_what_it_cannot_do():
+    config = Mamba2Config(**CONFIGS["h4x6-g2-n5-k3-Q4-untied"])
+    with pytest.raises(ValueError, match="gated must be True"):
+        Mamba2Mixer(config, gated=False)
+    with pytest.raises(ValueError, match=r"mixer must be one of \('ssd',\), got 'selective'"):
+        from ssm_tutor.mamba2 import Mamba2Block
+        Mamba2Block(config, mixer="selective")
+
+
+# ---- interoperability: caches and padding -----------------------------------------------------------
+
+def test_conv_cache_agrees_with_transformers_after_a_prefix(cfg, tmp_path):
+    """transformers' conv cache holds the last K inputs of x, B and C (b, E + 2gN, K), ours the last
+    K-1: ours is theirs without the oldest column, the SSM states (b, H, P, N) are equal, and a
+    cache converted from transformers' continues exactly where transformers would."""
+    cfg = {k: v for k, v in cfg.items() if k != "time_step_limit"}   # their step does not clamp Δ
+    hf = make_hf(cfg)
+    hf.save_pretrained(tmp_path)
+    assert_cache_converts_from_transformers(Mamba2LM.from_pretrained(tmp_path).eval(), hf,
+                                            ids_for(cfg, batch=2, length=9, seed=11), cfg["conv_kernel"],
+                                            cfg["num_hidden_layers"])
+
+PROMPTS = [[5, 17, 3, 9, 22, 1, 8, 14, 2], [11, 4], [7, 7, 20, 2, 19]]   # 9 tokens: more than one chunk
+
+
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(cfg, fast):
+    assert_left_padding_is_invisible(make_ours(cfg, seed=12, fast=fast),
+                                     [[t % cfg["vocab_size"] for t in p] for p in PROMPTS])
+
+
+def test_attention_mask_matches_transformers(fast, tmp_path):
+    """transformers zeroes padded positions before in_proj and after the convolution; without a
+    bias in in_proj that is what we do (zero before the convolution and before the scan)."""
+    cfg = CONFIGS["h4x6-g2-n5-k3-Q4-untied"]
+    hf = make_hf(cfg)
+    hf.save_pretrained(tmp_path)
+    assert_mask_matches_transformers(Mamba2LM.from_pretrained(tmp_path, fast=fast).eval(), hf, PROMPTS)
+
+def test_bad_attention_mask_is_named():
+    model = make_ours(CONFIGS["h4x6-g2-n5-k3-Q4-untied"])
+    ids = torch.zeros(2, 5, dtype=torch.long)
+    with pytest.raises(ValueError, match="must be left-padded"):
+        model.generate(ids, 2, attention_mask=torch.tensor([[1] * 5, [1, 1, 0, 0, 0]]))
+
+
+# ---- raw torch errors become named errors ---------------------------------------------------------
+
+def test_wrong_width_and_meta_weights_into_the_mixer_are_named(fast):
+    model = make_ours(CONFIGS["h4x6-g2-n5-k3-Q4-untied"], fast=fast)
+    mixer = model.backbone.layers[0].mixer
+    with pytest.raises(ValueError, match=r"Mamba2Mixer: x must have shape \(batch, length, d\) with d = 12, "
+                                         r"got shape \(2, 5, 24\)"):
+        mixer(torch.randn(2, 5, 24))
+    with torch.device("meta"):
+        model = Mamba2LM(Mamba2Config(**CONFIGS["h4x6-g2-n5-k3-Q4-untied"]), fast=fast)
+    with pytest.raises(ValueError, match="the model's weights is on the meta device"):
+        model(torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="Mamba2Mixer's weights is on the meta device"):
+        model.backbone.layers[0].mixer(torch.zeros(1, 3, 12))

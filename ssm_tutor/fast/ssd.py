@@ -27,9 +27,8 @@ teaching version's). The arguments are already checked and prepared by ``ssd_sca
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-__all__ = ["ssd_chunk_scan", "causal_conv_time_major"]
+__all__ = ["ssd_chunk_scan"]
 
 LOG_FLOOR = -80.0   # exp(-80) ≈ 1.8e-35: smaller decays are rounded up to it (see _exp_floored_)
 
@@ -98,20 +97,3 @@ def ssd_chunk_scan(x, dt, A, B, C, chunk_size: int, initial_states=None):
     final = S.view(b, g, n, k, p).permute(0, 1, 3, 4, 2).reshape(b, h, p, n)
     return y, final
 
-
-def causal_conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The causal depthwise convolution of a time-major sequence, answered time-major.
-
-    x (b, l, C) as the input projection makes it; weight (C, 1, K) and bias (C,) of an
-    ``nn.Conv1d(C, C, K, groups=C, padding=K-1)``. Returns its first l outputs, (b, l, C), equal to
-    ``conv1d(x.transpose(1, 2))[..., :l].transpose(1, 2)``. Run as a (1 × K) conv2d over the
-    (b, C, 1, l) view of x's memory, which has channels innermost ("channels last"): oneDNN then
-    convolves in place and answers in the same layout, where ``nn.Conv1d`` would first copy x to
-    channel-major order and its output would be channel-major, so that every later time-major
-    read is strided (measured at b = 1, l = 2048, C = 1792: 16 ms against 57 ms for the conv and
-    its SiLU, and the SSD scan after it 15% faster). The same trick as Mamba-1's fast path.
-    """
-    b, l, C = x.shape
-    K = weight.shape[-1]
-    out = F.conv2d(x.transpose(1, 2).unsqueeze(2), weight.unsqueeze(2), bias, padding=(0, K - 1), groups=C)
-    return out[..., :l].squeeze(2).transpose(1, 2)                     # (b, l, C), time-major in memory
