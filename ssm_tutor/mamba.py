@@ -44,6 +44,7 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -53,21 +54,66 @@ from ssm_tutor.checkpoint import (CheckpointError, load_state, read_config, read
                                   write_checkpoint)
 from ssm_tutor.convolution import LTISSM, compute_dtype          # stage 3: the LTI layer (Table 1's baseline)
 from ssm_tutor.fast.layout import store_input_major_
-from ssm_tutor.fast.mixer import mamba_mixer_forward
 from ssm_tutor.selective import SelectiveSSM, selective_ssm_step   # stage 4: the S6 layer, one step of it
-from ssm_tutor.validate import (check_cache, check_has_data, check_layer_input, check_mask, check_token_ids,
-                                finite_number, non_negative_int, positive_int)
+from ssm_tutor.validate import (check_cache, check_choice, check_has_data, check_layer_input, check_mask,
+                                check_token_ids, finite_number, non_negative_int, positive_int)
 
 __all__ = ["MambaConfig", "RMSNorm", "MambaShell", "MambaMixer", "LTIMambaMixer", "MambaBlock", "MambaBackbone",
-           "MambaLM", "MambaCache", "CheckpointError", "causal_conv_step", "selective_ssm_step"]
+           "MambaLM", "MambaCache", "CheckpointError", "causal_conv_step", "last_conv_inputs", "zero_padding",
+           "selective_ssm_step"]
 
 
 # --------------------------------------------------------------------------------------------
 # Configuration (the Hugging Face ``config.json``)
 # --------------------------------------------------------------------------------------------
 
+class HFConfig:
+    """The ``config.json`` round trip every model family's config shares (a mixin for dataclasses).
+
+    A subclass is a dataclass whose fields carry transformers' names, plus an ``extra`` dict that
+    keeps the fields it does not use (written back, so a config survives a round trip); it sets
+    ``model_type`` and ``architecture`` (transformers' names for the family)."""
+
+    model_type: ClassVar[str]
+    architecture: ClassVar[str]
+
+    def to_dict(self) -> dict:
+        """The ``config.json`` content, readable by the family's transformers config class."""
+        out = dict(self.extra)
+        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
+        out.update(model_type=self.model_type, architectures=[self.architecture])
+        out.setdefault("dtype", "float32")
+        return out
+
+    @classmethod
+    def from_dict(cls, config: dict):
+        """Read a ``config.json`` dict of this family (its ``model_type``); unknown fields go to ``extra``."""
+        config = dict(config)
+        model_type = config.pop("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            families = {"mamba": "ssm_tutor.mamba.MambaLM", "mamba2": "ssm_tutor.mamba2.Mamba2LM"}
+            other = f" (use {families[model_type]} for {model_type!r})" if model_type in families else ""
+            raise ValueError(f"config.json has model_type {model_type!r}; {cls.__name__} reads "
+                             f"{cls.model_type!r}{other}")
+        config.pop("architectures", None)
+        names = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in config.items() if k in names},
+                   extra={k: v for k, v in config.items() if k not in names})
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
 @dataclass
-class MambaConfig:
+class MambaConfig(HFConfig):
     """The hyper-parameters, with the names and defaults of ``transformers.MambaConfig``.
 
     ``time_step_rank="auto"`` becomes ceil(hidden_size / 16); ``intermediate_size`` (E, the width
@@ -108,16 +154,17 @@ class MambaConfig:
     tie_word_embeddings: bool = True
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
+    model_type: ClassVar[str] = "mamba"
+    architecture: ClassVar[str] = "MambaForCausalLM"
+
     def __post_init__(self):
         if self.time_step_rank == "auto":
-            self.time_step_rank = math.ceil(self.hidden_size / 16)
+            self.time_step_rank = math.ceil(positive_int("MambaConfig.hidden_size", self.hidden_size) / 16)
         if self.intermediate_size is None:
             self.intermediate_size = self.expand * self.hidden_size
         for name in ("vocab_size", "hidden_size", "state_size", "num_hidden_layers", "expand",
                      "intermediate_size", "conv_kernel", "time_step_rank"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
+            positive_int(f"MambaConfig.{name}", getattr(self, name))
         if self.hidden_act != "silu":
             raise ValueError(f"MambaConfig.hidden_act must be 'silu' (the only activation Mamba uses), "
                              f"got {self.hidden_act!r}")
@@ -130,40 +177,13 @@ class MambaConfig:
         if not self.layer_norm_epsilon > 0:
             raise ValueError(f"MambaConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
 
-    def to_dict(self) -> dict:
-        """The ``config.json`` content, readable by ``transformers.MambaConfig``."""
-        out = dict(self.extra)
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
-        out.update(model_type="mamba", architectures=["MambaForCausalLM"])
-        out.setdefault("dtype", "float32")
-        return out
-
     @classmethod
     def from_dict(cls, config: dict) -> "MambaConfig":
         """Read a Hugging Face ``config.json`` dict, or an official ``mamba_ssm`` one
         (``d_model``, ``n_layer``, ``ssm_cfg``, ``pad_vocab_size_multiple``)."""
-        config = dict(config)
         if "d_model" in config and "hidden_size" not in config:
             config = _from_mamba_ssm_config(config)
-        model_type = config.pop("model_type", "mamba")
-        if model_type != "mamba":
-            raise ValueError(f"config.json has model_type {model_type!r}; this class reads 'mamba' (Mamba-1)")
-        config.pop("architectures", None)
-        names = {f.name for f in fields(cls)} - {"extra"}
-        known = {k: v for k, v in config.items() if k in names}
-        extra = {k: v for k, v in config.items() if k not in names}
-        return cls(**known, extra=extra)
-
-    def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path) -> "MambaConfig":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        return super().from_dict(config)
 
 
 def _from_mamba_ssm_config(c: dict) -> dict:
@@ -232,7 +252,14 @@ def causal_conv_step(conv_state: torch.Tensor, x: torch.Tensor, weight: torch.Te
     return y if bias is None else y + bias
 
 
-def _zero_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def last_conv_inputs(x: torch.Tensor, K: int) -> torch.Tensor:
+    """The convolution's window after a whole sequence, for the recurrent cache (what
+    :func:`causal_conv_step` slides): x (b, l, E) -> its last K-1 inputs (b, E, K-1), oldest
+    first, with zeros in front when l < K-1 (the window before any token is all zeros)."""
+    return F.pad(x.transpose(1, 2), (K - 1, 0))[..., x.shape[1]:]
+
+
+def zero_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """x (b, l, E) with the padded positions (mask 0) set to zero."""
     return x if attention_mask is None else x * attention_mask[..., None].to(x.dtype)
 
@@ -259,6 +286,8 @@ class MambaShell(nn.Module):
     window.)
     """
 
+    has_fast_path = False                   # whether ssm_tutor.fast has this mixer's forward (see MambaLM.use_fast_path)
+
     def _build_shell(self, config: MambaConfig, gated: bool) -> None:
         D, E, K = config.hidden_size, config.intermediate_size, config.conv_kernel
         self.hidden_size, self.d_conv, self.gated = D, K, gated
@@ -284,9 +313,9 @@ class MambaShell(nn.Module):
         l, K = x.shape[1], self.d_conv
         xz = self.in_proj(x)                                                 # (b, l, 2E) or (b, l, E)
         u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)             # (b, l, E) each
-        u = _zero_padding(u, attention_mask)                                 # padding feeds nothing forward
+        u = zero_padding(u, attention_mask)                                  # padding feeds nothing forward
         conv = self.conv1d(u.transpose(1, 2))[..., :l]                       # causal conv over time: (b, E, l)
-        u_conv = _zero_padding(F.silu(conv).transpose(1, 2), attention_mask)  # (b, l, E)
+        u_conv = zero_padding(F.silu(conv).transpose(1, 2), attention_mask)   # (b, l, E)
         out = super().forward(u_conv, return_last_state=return_states)       # the SSM layer: (b, l, E)
         y, h = out if return_states else (out, None)
         if self.gated:
@@ -294,8 +323,7 @@ class MambaShell(nn.Module):
         y = self.out_proj(y)                                                 # (b, l, D)
         if not return_states:
             return y
-        window = F.pad(u.transpose(1, 2), (K - 1, 0))[..., l:]               # last K-1 conv inputs: (b, E, K-1)
-        return y, (window, h)
+        return y, (last_conv_inputs(u, K), h)                                # conv window (b, E, K-1), state
 
     def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
         """The recurrent form: one token. x (b, D) -> (b, D); updates the two states in place.
@@ -338,6 +366,8 @@ class MambaMixer(MambaShell, SelectiveSSM):
     (:meth:`MambaShell.forward`). ``gated=False`` drops z (Table 1's "no gate" rows).
     """
 
+    has_fast_path = True
+
     def __init__(self, config: MambaConfig, *, gated: bool = True, fast: bool = True):
         super().__init__(config.intermediate_size, config.state_size, dt_rank=config.time_step_rank,
                          dt_min=config.time_step_min, dt_max=config.time_step_max,
@@ -350,9 +380,10 @@ class MambaMixer(MambaShell, SelectiveSSM):
         """x (b, l, D) -> (b, l, D) [, (conv_state, ssm_state)]: the teaching path
         (:meth:`MambaShell.forward`), or with ``self.fast`` the same computation arranged for speed."""
         if self.fast:
+            from ssm_tutor.fast.mixer import mamba_mixer_forward             # the fast layer builds on this module
             check_layer_input(x, self.hidden_size, "MambaMixer")
             check_has_data("MambaMixer's weights", self.in_proj.weight)
-            return mamba_mixer_forward(self, x, attention_mask, return_states)   # ssm_tutor.fast.mixer
+            return mamba_mixer_forward(self, x, attention_mask, return_states)
         return super().forward(x, attention_mask, return_states)             # the teaching path
 
 
@@ -380,15 +411,18 @@ class MambaBlock(nn.Module):
     float32 when ``residual_in_fp32`` (it matters for half-precision weights only).
 
     ``mixer``: "selective" (:class:`MambaMixer`, Mamba) or "lti" (:class:`LTIMambaMixer`);
-    ``gated``: with the SiLU(z) gate (Mamba) or without."""
+    ``gated``: with the SiLU(z) gate (Mamba) or without. A later model family reuses the block
+    with its own mixers (``ssm_tutor.mamba2.Mamba2Block``): ``mixers`` maps the names to classes
+    taking ``(config, gated=, fast=)``."""
+
+    mixers = MIXERS
 
     def __init__(self, config: MambaConfig, *, mixer: str = "selective", gated: bool = True, fast: bool = True):
         super().__init__()
-        if mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {tuple(MIXERS)}, got {mixer!r}")
+        check_choice("mixer", mixer, self.mixers)
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        self.mixer = MIXERS[mixer](config, gated=gated, fast=fast)
+        self.mixer = self.mixers[mixer](config, gated=gated, fast=fast)
 
     def _residual(self, x):
         return x.float() if self.residual_in_fp32 and x.dtype != torch.float64 else x
@@ -404,12 +438,15 @@ class MambaBlock(nn.Module):
 
 
 class MambaBackbone(nn.Module):
-    """Embeddings, the stack of blocks, the final norm (checkpoint prefix ``backbone.``)."""
+    """Embeddings, the stack of blocks (``block``, :class:`MambaBlock`), the final norm
+    (checkpoint prefix ``backbone.``)."""
+
+    block = MambaBlock
 
     def __init__(self, config: MambaConfig, *, mixer: str = "selective", gated: bool = True, fast: bool = True):
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(MambaBlock(config, mixer=mixer, gated=gated, fast=fast)
+        self.layers = nn.ModuleList(self.block(config, mixer=mixer, gated=gated, fast=fast)
                                     for _ in range(config.num_hidden_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
         nn.init.normal_(self.embeddings.weight, std=0.02)
@@ -417,7 +454,7 @@ class MambaBackbone(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 return_states: bool = False):
         """input_ids (b, l) -> normalised hidden states (b, l, D), and with ``return_states`` the
-        per-layer states after the last token: ([conv (b, E, K-1)], [ssm (b, E, N)])."""
+        per-layer states after the last token: ([conv window], [ssm state]) (see :class:`MambaCache`)."""
         x = self.embeddings(input_ids)                           # (b, l, D)
         conv_states, ssm_states = [], []
         for layer in self.layers:
@@ -435,16 +472,27 @@ class MambaBackbone(nn.Module):
 class MambaCache:
     """The whole inference state of a Mamba-family model: per layer the conv window and the SSM state.
 
-    Its size is fixed by the model, (K-1 + N) · E numbers per layer and sequence, however
-    many tokens have been read: this is the "constant memory" of recurrent inference.
+    Its size is fixed by the model, however many tokens have been read: this is the "constant
+    memory" of recurrent inference. Per layer and sequence:
 
-    The conv window holds the K-1 previous inputs (b, E, K-1); transformers' cache holds K,
+    ==========================  =============================  ==================  ====================
+    family                      conv window (the conv inputs)  SSM state           numbers
+    ==========================  =============================  ==================  ====================
+    Mamba (:class:`MambaLM`)    (E, K-1): u                    (E, N)              (K-1 + N) · E
+    Mamba-2 (``Mamba2LM``)      (E + 2gN, K-1): x, B and C     (H, P, N)           (K-1)(E + 2gN) + HPN
+    ==========================  =============================  ==================  ====================
+
+    E = intermediate size (= H · P for Mamba-2, H heads of P channels), N = state size,
+    K = conv kernel, g = Mamba-2's groups. The SSM states are float32 (float64 for a float64
+    model), the windows in the weights' dtype.
+
+    The conv window holds the K-1 previous inputs, oldest first; transformers' cache holds K,
     one more that no later output uses: :meth:`to_transformers_conv_states` and
-    :meth:`from_transformers` convert at the boundary.
+    :meth:`from_transformers` convert at the boundary (for both families).
     """
 
-    conv_states: list      # per layer (b, E, K-1)
-    ssm_states: list       # per layer (b, E, N)
+    conv_states: list      # per layer (b, E, K-1); Mamba-2: (b, E + 2gN, K-1)
+    ssm_states: list       # per layer (b, E, N);   Mamba-2: (b, H, P, N)
     seqlen: int = 0        # tokens read so far
 
     @property
@@ -455,12 +503,13 @@ class MambaCache:
         return sum(t.numel() * t.element_size() for t in self.conv_states + self.ssm_states)
 
     def to_transformers_conv_states(self) -> list:
-        """Per layer (b, E, K), transformers' layout: a zero column for the input that has left the window."""
+        """Per layer (b, C, K), transformers' layout: a zero column for the input that has left the window."""
         return [F.pad(c, (1, 0)) for c in self.conv_states]
 
     @classmethod
     def from_transformers(cls, conv_states, ssm_states, seqlen: int = 0) -> "MambaCache":
-        """From transformers' per-layer states: conv (b, E, K) (the oldest column is dropped) and ssm (b, E, N)."""
+        """From transformers' per-layer states: conv (b, C, K) (the oldest column is dropped) and the SSM
+        states ((b, E, N), or Mamba-2's (b, H, P, N)), in float32 (float64 stays float64)."""
         return cls([c[..., 1:].clone() for c in conv_states], [h.float().clone() if h.dtype != torch.float64
                                                                else h.clone() for h in ssm_states], seqlen)
 
@@ -476,13 +525,21 @@ class MambaLM(nn.Module):
     ``MambaLM(config, fast=False)`` or :meth:`use_fast_path` (False) the teaching path.
     ``mixer`` and ``gated`` build Table 1's other variants (see ``ssm_tutor.baselines.SSMLM``,
     which saves them in its own format: transformers reads only the default).
+
+    A later model family is this class with other parts (``ssm_tutor.mamba2.Mamba2LM``): its
+    ``config_class`` (reads config.json), ``backbone_class`` (whose blocks hold its mixers) and
+    ``checkpoint_mixer`` (the mixer the Hugging Face format of the family describes).
     """
+
+    config_class = MambaConfig
+    backbone_class = MambaBackbone
+    checkpoint_mixer = "selective"
 
     def __init__(self, config: MambaConfig, fast: bool = True, *, mixer: str = "selective", gated: bool = True):
         super().__init__()
         self.config = config
         self.mixer_kind, self.gated = mixer, gated
-        self.backbone = MambaBackbone(config, mixer=mixer, gated=gated, fast=fast)
+        self.backbone = self.backbone_class(config, mixer=mixer, gated=gated, fast=fast)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if fast:
             self._store_input_major()
@@ -502,7 +559,7 @@ class MambaLM(nn.Module):
     def use_fast_path(self, fast: bool = True) -> "MambaLM":
         """Run every mixer's forward on the fast path (True) or the teaching path (False). Returns self."""
         for layer in self.backbone.layers:
-            layer.mixer.fast = bool(fast) and isinstance(layer.mixer, MambaMixer)
+            layer.mixer.fast = bool(fast) and layer.mixer.has_fast_path
         return self
 
     # ---- parallel form ----------------------------------------------------------------------
@@ -613,7 +670,7 @@ class MambaLM(nn.Module):
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` and ``model.safetensors`` (Hugging Face Mamba layout) into ``path``,
         atomically (see :func:`ssm_tutor.checkpoint.write_checkpoint`; NaN weights are refused)."""
-        if (self.mixer_kind, self.gated) != ("selective", True):
+        if (self.mixer_kind, self.gated) != (self.checkpoint_mixer, True):
             raise TypeError(f"save_pretrained writes the Hugging Face Mamba format, which has no mixer="
                             f"{self.mixer_kind!r}, gated={self.gated}; use ssm_tutor.baselines.save_pretrained")
         cfg = self.config.to_dict()
@@ -626,14 +683,15 @@ class MambaLM(nn.Module):
         """Load a checkpoint directory written by :meth:`save_pretrained`, by
         ``transformers.MambaForCausalLM.save_pretrained``, or by ``mamba_ssm`` (config.json +
         model.safetensors, sharded safetensors, or pytorch_model.bin read with weights_only).
+        (For a subclass: its family's transformers class, e.g. ``Mamba2ForCausalLM``.)
 
         Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key.
         """
         directory = resolve_directory(path)
-        config = MambaConfig.from_dict(read_config(directory))
+        config = cls.config_class.from_dict(read_config(directory))
         state = read_tensors(directory)
         if "backbone.embedding.weight" in state and "backbone.embeddings.weight" not in state:
             state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")   # official name
         model = cls(config, fast=fast)
-        load_state(model, state, what="MambaLM", tied=model._tied())
+        load_state(model, state, what=cls.__name__, tied=model._tied())
         return model.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else model

@@ -13,8 +13,12 @@ raises an error that names the argument, says what was expected and what came:
 * tokens:   :func:`check_token_ids` -- the one check of token ids for every language model --
   and :func:`check_mask` (attention masks, left padding);
 * caches:   :func:`check_cache` -- the type and batch of a recurrent cache;
+* several tensors at once: :func:`check_required`, :func:`check_same_device`, :func:`check_one_precision`
+  (float64 for all or none), :func:`check_shape`;
 * the selective scan: :func:`validate_scan_args` (the official ``selective_scan_fn`` layout) and
-  :func:`check_step_sizes` (a negative Δ without softplus makes the state grow without bound).
+  :func:`check_step_sizes` (a negative Δ without softplus makes the state grow without bound);
+* the SSD scan (stage 11): :func:`validate_ssd_args` (``mamba_chunk_scan_combined``'s layout) and
+  :func:`check_step_limit` (a (low, high) range for Δ).
 
 TypeError means a wrong type or dtype, ValueError a wrong shape, device or value.
 """
@@ -30,7 +34,9 @@ import torch
 __all__ = ["positive_int", "non_negative_int", "check_positive", "check_choice", "check_tensor",
            "require_finite", "check_has_data", "check_layer_input", "check_token_ids", "check_mask", "check_cache",
            "validate_scan_args", "check_step_sizes", "ScanSizes", "finite_number", "positive_number",
-           "positive_int_arg", "non_negative_int_arg", "positive_float_arg", "non_negative_float_arg"]
+           "positive_int_arg", "non_negative_int_arg", "positive_float_arg", "non_negative_float_arg",
+           "check_required", "check_same_device", "check_one_precision", "check_shape", "validate_ssd_args",
+           "SSDSizes", "check_step_limit"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,6 +185,46 @@ def check_cache(cache, cache_type: type, batch: int, *, made_by: str = "init_cac
 
 
 # ----------------------------------------------------------------------------------------------
+# several tensors at once (the scans' arguments)
+# ----------------------------------------------------------------------------------------------
+
+def check_required(tensors: dict, names) -> None:
+    """TypeError "name is required, got None" for the first of ``names`` that is None in ``tensors``."""
+    for name in names:
+        if tensors[name] is None:
+            raise TypeError(f"{name} is required, got None")
+
+
+def check_same_device(tensors: dict, reference: str) -> None:
+    """Every tensor of ``tensors`` (None entries skipped) on the device of ``tensors[reference]``."""
+    device = tensors[reference].device
+    for name, t in tensors.items():
+        if t is not None and t.device != device:
+            raise ValueError(f"{name} is on device {t.device} but {reference} is on {device}; "
+                             f"move them to one device")
+
+
+def _is_wide(t: torch.Tensor) -> bool:
+    return t.dtype in (torch.float64, torch.complex128)
+
+
+def check_one_precision(tensors: dict) -> None:
+    """64-bit precision (float64 / complex128) for all of ``tensors`` (None entries skipped) or none."""
+    present = {name: t for name, t in tensors.items() if t is not None}
+    wide = [name for name, t in present.items() if _is_wide(t)]
+    if wide and len(wide) != len(present):
+        narrow = [f"{name} ({t.dtype})" for name, t in present.items() if not _is_wide(t)]
+        raise TypeError(f"float64 must be used for all arguments or none: {', '.join(wide)} are float64 "
+                        f"(or complex128) but {', '.join(narrow)} are not")
+
+
+def check_shape(name: str, t: torch.Tensor | None, expected: str, want) -> None:
+    """ValueError "name must have shape {expected} = want, got shape …" unless t (when given) has shape ``want``."""
+    if t is not None and tuple(t.shape) != tuple(want):
+        raise ValueError(f"{name} must have shape {expected} = {tuple(want)}, got shape {tuple(t.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
 # the selective scan's arguments (stage 4 onwards)
 # ----------------------------------------------------------------------------------------------
 
@@ -192,10 +238,6 @@ class ScanSizes(NamedTuple):
     length: int
     n: int
     groups: int
-
-
-def _is_wide(t: torch.Tensor) -> bool:
-    return t.dtype in (torch.float64, torch.complex128)
 
 
 def _real_dtype(t: torch.Tensor) -> torch.dtype:
@@ -233,9 +275,7 @@ def validate_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, ch
     a method that cannot says which one can.
     """
     tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    for name in ("u", "delta", "A", "B", "C"):
-        if tensors[name] is None:
-            raise TypeError(f"{name} is required, got None")
+    check_required(tensors, ("u", "delta", "A", "B", "C"))
     for name, t in tensors.items():
         if t is None:
             continue
@@ -245,8 +285,7 @@ def validate_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, ch
             raise TypeError(f"{name} must be real, got complex dtype {t.dtype}")
         if not (t.is_floating_point() or t.is_complex()):
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"{name} is on device {t.device} but u is on {u.device}; move them to one device")
+    check_same_device(tensors, "u")
     check_has_data("u", u)
     complex_A = A.is_complex()
     if complex_A and not allow_complex:
@@ -263,12 +302,8 @@ def validate_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, ch
             raise TypeError(f"{name} must have u's dtype {u.dtype}, got {t.dtype}")
     if _real_dtype(C) != _real_dtype(B):
         raise TypeError(f"C must have B's dtype {B.dtype} (or its complex/real twin), got {C.dtype}")
+    check_one_precision(tensors)
     present = {name: t for name, t in tensors.items() if t is not None}
-    wide = [name for name, t in present.items() if _is_wide(t)]
-    if wide and len(wide) != len(present):
-        narrow = [f"{name} ({t.dtype})" for name, t in present.items() if not _is_wide(t)]
-        raise TypeError(f"float64 must be used for all arguments or none: {', '.join(wide)} are float64 "
-                        f"(or complex128) but {', '.join(narrow)} are not")
 
     if u.dim() != 3:
         raise _shape_error("u", "(batch, d, length)", u)
@@ -375,3 +410,72 @@ positive_int_arg = _argument_type(int, 1, True, "positive")
 non_negative_int_arg = _argument_type(int, 0, True, "non-negative")
 positive_float_arg = _argument_type(float, 0.0, False, "positive")
 non_negative_float_arg = _argument_type(float, 0.0, True, "non-negative")
+
+
+# ----------------------------------------------------------------------------------------------
+# the SSD scan's arguments (stage 11)
+# ----------------------------------------------------------------------------------------------
+
+class SSDSizes(NamedTuple):
+    """What :func:`validate_ssd_args` found: unpacks as ``b, l, h, p, g, n``."""
+    batch: int
+    length: int
+    heads: int
+    head_dim: int
+    groups: int
+    n: int
+
+
+def check_step_limit(name: str, limit) -> tuple[float, float]:
+    """A range (low, high) for the step size Δ, with 0 ≤ low ≤ high (high may be inf), as a tuple of floats."""
+    if (not isinstance(limit, (tuple, list)) or len(limit) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in limit)
+            or not 0 <= limit[0] <= limit[1]):
+        raise ValueError(f"{name} must be a pair (low, high) with 0 <= low <= high, got {limit!r}")
+    return float(limit[0]), float(limit[1])
+
+
+def validate_ssd_args(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                      dt_limit=(0.0, math.inf), *, check_finite: bool = True) -> SSDSizes:
+    """Check the SSD scan's arguments against ``mamba_ssm``'s ``mamba_chunk_scan_combined`` layout
+    and return :class:`SSDSizes` ``(batch, length, heads, head_dim, groups, n)``.
+
+    Shapes: x and z (b, l, h, p) with l ≥ 1; dt (b, l, h); A and dt_bias (h,); B and C
+    (b, l, g, n) with g dividing h (head i reads group i // (h/g)); D (h,) or (h, p);
+    initial_states (b, h, p, n). Nothing is broadcast. Types: every tensor real floating point,
+    on x's device, float64 for all or none. chunk_size a positive int, dt_limit
+    (:func:`check_step_limit`). With ``check_finite`` a NaN or infinite entry raises, naming the argument.
+    """
+    tensors = dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
+    check_required(tensors, ("x", "dt", "A", "B", "C"))
+    for name, t in tensors.items():
+        if t is not None:
+            check_tensor(name, t)                                   # a real floating-point tensor
+    check_same_device(tensors, "x")
+    check_one_precision(tensors)
+    positive_int("chunk_size", chunk_size)
+    check_step_limit("dt_limit", dt_limit)
+
+    if x.dim() != 4:
+        raise _shape_error("x", "(batch, length, heads, head_dim)", x)
+    b, l, h, p = x.shape
+    if l == 0:
+        raise ValueError("x has length 0: the scan needs at least one time step")
+    check_shape("dt", dt, "(batch, length, heads)", (b, l, h))
+    check_shape("A", A, "(heads,)", (h,))
+    if B.dim() != 4 or B.shape[:2] != (b, l) or B.shape[2] == 0 or h % B.shape[2] != 0:
+        raise ValueError(f"B must have shape (batch, length, groups, state) = ({b}, {l}, g, n) with g dividing "
+                         f"heads = {h}, got shape {tuple(B.shape)}")
+    g, n = B.shape[2:]
+    check_shape("C", C, "(batch, length, groups, state) like B", (b, l, g, n))
+    if D is not None and tuple(D.shape) not in ((h,), (h, p)):
+        raise ValueError(f"D must have shape (heads,) = ({h},) or (heads, head_dim) = ({h}, {p}), "
+                         f"got shape {tuple(D.shape)}")
+    check_shape("z", z, "(batch, length, heads, head_dim) like x", (b, l, h, p))
+    check_shape("dt_bias", dt_bias, "(heads,)", (h,))
+    check_shape("initial_states", initial_states, "(batch, heads, head_dim, state)", (b, h, p, n))
+    if check_finite:
+        for name, t in tensors.items():
+            if t is not None:
+                require_finite(name, t)
+    return SSDSizes(b, l, h, p, g, n)

@@ -14,6 +14,10 @@ import torch.nn.functional as F
 
 import transformers  # noqa: E402  (the reference; a pinned test requirement, so a missing install fails)
 
+from language_models import (assert_cache_converts_from_transformers, assert_fast_path_equals_teaching_path,  # noqa: F401
+                             assert_gradients_match, assert_left_padding_is_invisible, assert_mask_matches_transformers,
+                             fast, ids_for, jittered, reference)  # (fast: a fixture)
+
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ssm_tutor.mamba import (CheckpointError, MambaCache, MambaConfig, MambaLM, RMSNorm,  # noqa: E402
@@ -38,38 +42,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # tiny models: see tests/co
 
 
 def make_hf(cfg: dict, seed: int = 0):
-    torch.manual_seed(seed)
-    model = transformers.MambaForCausalLM(transformers.MambaConfig(**cfg)).eval()
-    with torch.no_grad():
-        for p in model.parameters():                  # the tied head is perturbed once, with the embedding
-            p.add_(0.1 * torch.randn_like(p))
-    model.generation_config.eos_token_id = None      # never stop early: compare every token
-    model.generation_config.pad_token_id = 0
-    return model
+    return reference(transformers.MambaForCausalLM, transformers.MambaConfig, cfg, seed)
 
 
 def make_ours(cfg: dict, seed: int = 0, fast: bool = True):
     torch.manual_seed(seed)
-    model = MambaLM(MambaConfig(**cfg), fast=fast).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def ids_for(cfg, batch=2, length=13, seed=1):
-    return torch.randint(0, cfg["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
+    return jittered(MambaLM(MambaConfig(**cfg), fast=fast))
 
 
 @pytest.fixture(params=list(CONFIGS), ids=list(CONFIGS))
 def cfg(request):
     return CONFIGS[request.param]
-
-
-@pytest.fixture(params=[True, False], ids=["fast", "teaching"])
-def fast(request):
-    """Both forward paths: ssm_tutor.fast (the default) and the teaching path (MambaMixer's own)."""
-    return request.param
 
 
 # ---- parity with transformers ------------------------------------------------------------------
@@ -116,16 +99,8 @@ def test_gradients_match_transformers(fast, tmp_path):
     cfg = CONFIGS["h24-n5-k3-r3-bias"]
     hf = make_hf(cfg)
     hf.save_pretrained(tmp_path)
-    ours = MambaLM.from_pretrained(tmp_path, fast=fast)
-    hf.train()
-    ids = ids_for(cfg, batch=2, length=10, seed=5)
-    weights = torch.randn(2, 10, cfg["vocab_size"], generator=torch.Generator().manual_seed(6))
-    (hf(ids, use_cache=False).logits * weights).sum().backward()
-    (ours(ids) * weights).sum().backward()
-    theirs = dict(hf.named_parameters())
-    for name, p in ours.named_parameters():
-        torch.testing.assert_close(p.grad, theirs[name].grad, atol=1e-4, rtol=1e-4, msg=name)
-
+    assert_gradients_match(MambaLM.from_pretrained(tmp_path, fast=fast), hf, ids_for(cfg, length=10, seed=5),
+                           cfg["vocab_size"])
 
 def test_our_checkpoint_reloads_identically(cfg, tmp_path):
     ours = make_ours(cfg)
@@ -463,29 +438,9 @@ def test_bad_step_arguments_are_refused():
 
 @pytest.mark.parametrize("cfg", ["h24-n5-k3-r3-bias", "h33-n16-k4-r5-x3-untied"], indirect=True)
 def test_fast_path_equals_teaching_path_values_gradients_and_tokens(cfg):
-    """ssm_tutor.fast is held to the teaching layer: the same logits, every parameter's gradient,
-    the same generated tokens; and the switch flips one model between the two."""
-    fast = make_ours(cfg, fast=True)
-    teaching = MambaLM(MambaConfig(**cfg), fast=False).eval()
-    teaching.load_state_dict(fast.state_dict())                      # the same weights
-    assert fast.backbone.layers[0].mixer.fast and not teaching.backbone.layers[0].mixer.fast
-    ids = ids_for(cfg, batch=2, length=11, seed=8)
-    weights = torch.randn(2, 11, cfg["vocab_size"], generator=torch.Generator().manual_seed(9))
-    out = {}
-    for name, model in (("fast", fast), ("teaching", teaching)):
-        model.zero_grad()
-        logits = model(ids)
-        (logits * weights).sum().backward()
-        out[name] = logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
-    torch.testing.assert_close(out["fast"][0], out["teaching"][0], atol=1e-5, rtol=1e-5)
-    for name, g in out["fast"][1].items():
-        torch.testing.assert_close(g, out["teaching"][1][name], atol=1e-4, rtol=1e-4, msg=name)
-    prompt = ids_for(cfg, batch=2, length=6, seed=10)
-    assert torch.equal(fast.generate(prompt, 10), teaching.generate(prompt, 10))
-    with torch.no_grad():
-        torch.testing.assert_close(fast.use_fast_path(False)(ids), out["teaching"][0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(fast.use_fast_path(True)(ids), out["fast"][0], atol=0, rtol=0)
-
+    """ssm_tutor.fast is held to the teaching layer (see language_models.py)."""
+    assert_fast_path_equals_teaching_path(make_ours(cfg, fast=True), MambaLM(MambaConfig(**cfg), fast=False).eval(),
+                                          cfg)
 
 def test_mixer_is_the_selective_layer_of_stage_4_inside_the_shell():
     from ssm_tutor.selective import SelectiveSSM
@@ -520,56 +475,18 @@ def test_conv_cache_agrees_with_transformers_after_a_prefix(cfg, tmp_path):
     """transformers' conv cache holds the last K inputs (b, E, K), ours the last K-1 (b, E, K-1):
     ours is theirs without the oldest column, the SSM states are equal, and a cache converted from
     transformers' continues exactly where transformers would."""
-    from ssm_tutor.mamba import MambaCache
-
     hf = make_hf(cfg)
     hf.save_pretrained(tmp_path)
-    ours = MambaLM.from_pretrained(tmp_path).eval()
-    ids = ids_for(cfg, batch=2, length=9, seed=11)
-    K = cfg["conv_kernel"]
-    with torch.no_grad():
-        theirs = hf(ids[:, :7], use_cache=True).cache_params
-        _, cache = ours(ids[:, :7], return_cache=True)
-        for i in range(cfg["num_hidden_layers"]):
-            their_conv = theirs.get_conv_state(i)
-            assert their_conv.shape[-1] == K and cache.conv_states[i].shape[-1] == K - 1
-            torch.testing.assert_close(cache.conv_states[i], their_conv[..., 1:], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(cache.ssm_states[i], theirs.get_recurrent_state(i), atol=1e-5, rtol=1e-5)
-            assert cache.to_transformers_conv_states()[i].shape == their_conv.shape
-        converted = MambaCache.from_transformers([theirs.get_conv_state(i) for i in range(cfg["num_hidden_layers"])],
-                                                 [theirs.get_recurrent_state(i) for i in range(cfg["num_hidden_layers"])], 7)
-        expected = hf(ids[:, 7:8], cache_params=theirs, use_cache=True).logits[:, 0]
-        logits, _ = ours.step(ids[:, 7], converted)
-    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
-
-
-def _left_pad(prompts, pad_id=0):
-    """A batch of prompts of different lengths, left-padded: ids (b, L) and mask (b, L)."""
-    L = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), L, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
-    return ids, mask
-
+    assert_cache_converts_from_transformers(MambaLM.from_pretrained(tmp_path).eval(), hf,
+                                            ids_for(cfg, batch=2, length=9, seed=11), cfg["conv_kernel"],
+                                            cfg["num_hidden_layers"])
 
 PROMPTS = [[5, 17, 3, 9, 22, 1, 8], [11, 4], [7, 7, 30, 2, 19]]
 
 
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(cfg, fast):
-    model = make_ours(cfg, seed=12, fast=fast)
-    ids, mask = _left_pad([[t % cfg["vocab_size"] for t in p] for p in PROMPTS])
-    together = model.generate(ids, 8, attention_mask=mask)
-    with torch.no_grad():
-        last = model(ids, attention_mask=mask)[:, -1]
-    for i, p in enumerate(PROMPTS):
-        alone_ids = torch.tensor([[t % cfg["vocab_size"] for t in p]])
-        alone = model.generate(alone_ids, 8)
-        assert torch.equal(together[i, ids.shape[1]:], alone[0, len(p):]), f"prompt {i}"
-        with torch.no_grad():
-            torch.testing.assert_close(last[i], model(alone_ids)[0, -1], atol=1e-5, rtol=1e-5)
-        with torch.no_grad():                          # without the mask the padding leaks in
-            assert i == 0 or not torch.allclose(model(ids)[i, -1], model(alone_ids)[0, -1], atol=1e-3)
+    assert_left_padding_is_invisible(make_ours(cfg, seed=12, fast=fast),
+                                     [[t % cfg["vocab_size"] for t in p] for p in PROMPTS])
 
 
 def test_attention_mask_matches_transformers(fast, tmp_path):
@@ -578,16 +495,7 @@ def test_attention_mask_matches_transformers(fast, tmp_path):
     cfg = CONFIGS["h16-n16-k4-default"]
     hf = make_hf(cfg)
     hf.save_pretrained(tmp_path)
-    ours = MambaLM.from_pretrained(tmp_path, fast=fast).eval()
-    ids, mask = _left_pad(PROMPTS)
-    with torch.no_grad():
-        expected = hf(ids, attention_mask=mask).logits
-        got = ours(ids, attention_mask=mask)
-    real = mask.bool()
-    torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=0)
-    theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    assert torch.equal(ours.generate(ids, 6, attention_mask=mask), theirs)
-
+    assert_mask_matches_transformers(MambaLM.from_pretrained(tmp_path, fast=fast).eval(), hf, PROMPTS)
 
 @pytest.mark.parametrize("mask, message", [
     (torch.ones(3, 5), "input_ids' shape"),

@@ -6,6 +6,9 @@ default with a switch back to the readable path (``MambaLM(config, fast=False)``
 ``model.use_fast_path(False)``).
 
 * :mod:`ssm_tutor.fast.layout` -- memory layouts of weights: ``store_input_major_``;
-* :mod:`ssm_tutor.fast.mixer`  -- the Mamba mixer's forward pass, time-major, with a channels-last
-  convolution and stage 5's fused scan (``ssm_tutor.scan.selective_scan(method="auto")``).
+* :mod:`ssm_tutor.fast.mixer`  -- the Mamba and Mamba-2 mixers' forward passes, time-major, with a
+  channels-last convolution and the fast scans: stage 5's fused scan
+  (``ssm_tutor.scan.selective_scan(method="auto")``) and stage 11's SSD scan;
+* :mod:`ssm_tutor.fast.ssd`    -- Mamba-2's SSD scan chunk by chunk with the state carried
+  (``ssd_chunk_scan``, behind ``ssm_tutor.ssd.ssd_scan(method="fast")``).
 """
