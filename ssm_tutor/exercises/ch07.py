@@ -41,7 +41,8 @@ def _state_formula(c: MambaConfig, batch: int, dtype: torch.dtype, *, window: in
     wide = torch.float64 if dtype == torch.float64 else torch.float32
     conv_size = (conv_dtype or dtype).itemsize
     ssm_size = (ssm_dtype or wide).itemsize
-    return (c.num_hidden_layers if layers else 1) * (batch if per_batch else 1) * E * (K1 * conv_size + c.state_size * ssm_size)
+    copies = (c.num_hidden_layers if layers else 1) * (batch if per_batch else 1)
+    return copies * E * (K1 * conv_size + c.state_size * ssm_size)
 
 
 @exercise("07.1", "the inference state in bytes, from the config", atol=0, rtol=0, compare=compare_answer)
@@ -60,11 +61,13 @@ def cache_bytes_cases():
         f = _state_formula
         mistakes = (
             Mistake("the conv window holds K−1 inputs: the newest, x_t, arrives with the step (transformers' "
-                    "cache keeps K, one input no later output needs)", gives=f(config, batch, dtype, window=config.conv_kernel)),
+                    "cache keeps K, one input no later output needs)",
+                    gives=f(config, batch, dtype, window=config.conv_kernel)),
             Mistake("the states live in the E = intermediate_size channels of the SSM branch, not in the D = "
                     "hidden_size of the residual stream", gives=f(config, batch, dtype, width=config.hidden_size)),
             Mistake("the SSM state h is kept in float32 even when the weights are half precision (float64 in a "
-                    "float64 model): see the dtype of init_state's zeros; only the conv window takes the weights' dtype",
+                    "float64 model): see the dtype of init_state's zeros; only the conv window takes the weights' "
+                    "dtype",
                     gives=f(config, batch, dtype, ssm_dtype=dtype)),
             Mistake("the conv window is stored in the weights' dtype (2 bytes for bfloat16 / float16, 8 for float64), "
                     "not always 4 bytes", gives=f(config, batch, dtype, conv_dtype=torch.float32,
@@ -127,7 +130,8 @@ def ring_conv_step_cases():
             Mistake("slot t mod (K−1) holds x_{t−K+1}, the oldest input, which y_t still needs: read the window "
                     "first, then write x_t over that slot", gives=_ring_step(*args, write_first=True)),
             Mistake("the slots are not in time order: slot s mod (K−1) holds x_s, so the window, oldest first, "
-                    "is slots (t + j) mod (K−1) for j = 0 … K−2, then x_t", gives=_ring_step(*args, order="storage")),
+                    "is slots (t + j) mod (K−1) for j = 0 … K−2, then x_t",
+                    gives=_ring_step(*args, order="storage")),
             Mistake("the window runs forward in time: x_{t−K+1+j} is in slot (t + j) mod (K−1), not (t − j)",
                     gives=_ring_step(*args, order="backward")),
             Mistake("weight[:, k] multiplies x_{t−K+1+k}, so weight[:, K−1] is for the newest input x_t "
