@@ -1,6 +1,7 @@
 """Reading and writing checkpoints, for every model family: the Hugging Face layout.
 
-A checkpoint is a directory holding ``config.json`` and the weights, as ``model.safetensors``,
+A checkpoint is a directory (or a Hugging Face Hub id, see :func:`resolve_directory`) holding
+``config.json`` and the weights, as ``model.safetensors``,
 as shards listed by ``model.safetensors.index.json``, or (read only) as ``pytorch_model.bin``.
 :class:`ssm_tutor.mamba.MambaLM` (which ``transformers.MambaForCausalLM`` reads and writes too),
 the baselines of :mod:`ssm_tutor.baselines` and the later model families all go through here:
@@ -46,16 +47,24 @@ class CheckpointError(ValueError):
 # where a checkpoint is
 # ----------------------------------------------------------------------------------------------
 
-def resolve_directory(path) -> Path:
-    """The local directory a checkpoint reference names.
+def resolve_directory(path, *, revision: str | None = None) -> Path:
+    """The local directory a checkpoint reference names: every reader goes through here.
 
-    Today a reference is a local directory and this checks that it exists. This is the one place
-    where a hub id (``"state-spaces/mamba-130m-hf"``) will be resolved to a downloaded directory,
-    so every reader gets that for free."""
+    A reference is a local directory (returned as it is), or a Hugging Face Hub id
+    (``"state-spaces/mamba-130m-hf"``, a string ``"owner/name"`` that is not a local path), resolved
+    by :func:`ssm_tutor.hub.snapshot` to its snapshot in the Hugging Face cache, downloaded first
+    when missing and allowed (``HF_HUB_OFFLINE=1`` allows nothing). ``revision`` (a branch, tag or
+    commit) is for hub ids only."""
     directory = Path(path)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
-    return directory
+    if directory.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision={revision!r} applies to a hub id, but {str(path)!r} is a local directory")
+        return directory
+    from ssm_tutor import hub                    # imported here: huggingface_hub only when a hub id is used
+    if hub.is_hub_id(path):
+        return hub.snapshot(path, revision)
+    raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist (and it is not a Hugging Face "
+                            f"Hub id of the form 'owner/name')")
 
 
 def _found(directory: Path) -> str:

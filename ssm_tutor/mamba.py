@@ -679,15 +679,20 @@ class MambaLM(nn.Module):
         write_checkpoint(path, cfg, tensors)
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, fast: bool = True) -> "MambaLM":
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, fast: bool = True, *,
+                        revision: str | None = None) -> "MambaLM":
         """Load a checkpoint directory written by :meth:`save_pretrained`, by
         ``transformers.MambaForCausalLM.save_pretrained``, or by ``mamba_ssm`` (config.json +
-        model.safetensors, sharded safetensors, or pytorch_model.bin read with weights_only).
+        model.safetensors, sharded safetensors, or pytorch_model.bin read with weights_only);
+        or a released model by its Hugging Face Hub id, e.g. ``"state-spaces/mamba-130m-hf"``
+        (``ssm_tutor.hub.RELEASED_MAMBA`` lists them), fetched into the Hugging Face cache once
+        (see :mod:`ssm_tutor.hub`; ``revision``: a branch, tag or commit of the hub repository).
         (For a subclass: its family's transformers class, e.g. ``Mamba2ForCausalLM``.)
 
-        Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key.
+        Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key, and
+        FileNotFoundError for a checkpoint that is not there (offline and not cached included).
         """
-        directory = resolve_directory(path)
+        directory = resolve_directory(path, revision=revision)
         config = cls.config_class.from_dict(read_config(directory))
         state = read_tensors(directory)
         if "backbone.embedding.weight" in state and "backbone.embeddings.weight" not in state:
