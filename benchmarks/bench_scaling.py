@@ -10,13 +10,13 @@ recorded beside the figures. Nothing here asserts a timing.
 Sections (``--only`` picks some; the default runs the first three, the long-context pass is long):
 
   forward       one forward pass, batch 1, L = 256 … 65536: seconds (median), peak allocated bytes
-                (PyTorch's allocator, via the profiler), FLOPs counted; log–log slopes over the longest
+                (every operation's new storage, ``costs.peak_allocated_bytes``), FLOPs counted; log–log slopes over the longest
                 lengths, the crossover length. The Transformer stops when its next forward would take
                 longer than ``--max-seconds``. Also the peak memory of *naive* attention (PyTorch's
                 "math" backend, which builds the L×L score matrix) up to ``--naive-max``.
   generation    one generated token after a context of 1 … 32768 tokens, batch 1: seconds per token
                 and the cache's allocated bytes (its storages, measured), against the bytes its shapes hold.
-  throughput    tokens per second of batched generation, batch 1 … 64, after ``--context`` tokens;
+  throughput    tokens per second of batched generation, batch 1 … 64, after 3072 tokens;
                 which batches fit a cache budget of ``--budget-mib``; the ratio of the best throughputs
                 within the budget. Plus the same on paper for a GPU (the traffic model: derived).
   long-context  the induction-heads checkpoint ``ih_mamba_256_long`` at 2^16 … 2^20 tokens in one
@@ -62,7 +62,7 @@ SIZES = {
     "naive_max": (8192, 128),
     "contexts": ([1] + [2 ** k for k in range(1, 16)] + [2 ** k + 1 for k in range(8, 15)], [1, 16, 256, 257]),
     "batches": ([1, 2, 4, 8, 16, 32, 64], [1, 2, 4]),
-    "context": (4096, 64),
+    "context": (3072, 48),          # not a power of two: the KV cache has room to spare, no doubling while timed
     "budget_mib": (64, 1),
     "long_lengths": ([2 ** k for k in range(16, 21)], [64, 128]),
     "long_examples": (16, 2),
@@ -150,6 +150,7 @@ def run_forward(mamba, transformer, args) -> dict:
         out[name]["flops"] = [sum(costs.forward_flops(model, L).values()) for L in lengths]
     out["transformer"]["flops_causal"] = [sum(costs.forward_flops(transformer, L, causal=True).values())
                                           for L in lengths]
+    out["time_ratio"] = [t / m for t, m in zip(out["transformer"]["seconds"], out["mamba"]["seconds"])]
     out["fits"] = fit_forward(out, mamba, transformer, args.fit_points)
     return out
 
@@ -190,22 +191,6 @@ def fit_forward(out, mamba, transformer, k) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
-def grown_kv_cache(transformer, batch: int, context: int):
-    """The KVCache as ``step`` leaves it after ``context`` tokens, without running ``context`` steps:
-    ``step`` itself doubles the capacity each time we present it a full cache, then the first
-    ``context`` slots are filled with random keys and values (a step's cost does not depend on them)."""
-    V = transformer.config["vocab_size"]
-    cache = transformer.init_cache(batch)
-    token = torch.ones(batch, dtype=torch.long) % V
-    while cache.k[0].shape[2] < context:
-        cache.length = cache.k[0].shape[2]                  # full: the next step doubles the capacity
-        transformer.step(token, cache)
-    for t in cache.k + cache.v:
-        t[:, :, :context].normal_()
-    cache.length = context
-    return cache
-
-
 def run_generation(mamba, transformer, args) -> dict:
     V = mamba.config.vocab_size
     contexts = sorted(pick("contexts", args.quick))
@@ -217,7 +202,7 @@ def run_generation(mamba, transformer, args) -> dict:
     with torch.inference_mode():
         for c in progress(contexts, "generation: contexts", args.quick):
             _, m_cache = mamba(torch.randint(0, V, (1, c), generator=gen), return_cache=True)   # real prefill
-            t_cache = grown_kv_cache(transformer, 1, c)
+            t_cache = costs.kv_cache_after(transformer, 1, c)
             sizes = {"mamba": (costs.allocated_bytes(m_cache), m_cache.nbytes()),
                      "transformer": (costs.allocated_bytes(t_cache), cache_nbytes(t_cache))}
             times = costs.interleaved_times({"mamba": lambda: mamba.step(token, m_cache),
@@ -232,6 +217,7 @@ def run_generation(mamba, transformer, args) -> dict:
                   f"{sizes['transformer'][0]:>11,} B allocated ({sizes['transformer'][1]:,} B in its first "
                   f"{c} slots)", flush=True)
     m, t = out["mamba"], out["transformer"]
+    out["latency_ratio"] = [a / b for a, b in zip(t["seconds_per_token"], m["seconds_per_token"])]
     big = [i for i, c in enumerate(contexts) if c >= contexts[-1] / 32]      # the five longest octaves
     out["fits"] = {"slope_latency_transformer": costs.loglog_slope([contexts[i] for i in big],
                                                                    [t["seconds_per_token"][i] for i in big]),
@@ -255,14 +241,15 @@ def run_throughput(mamba, transformer, args) -> dict:
             m_cache = mamba.init_cache(b)
             for s in m_cache.ssm_states:              # a state as after c tokens: its values don't change the cost
                 s.normal_()
-            t_cache = grown_kv_cache(transformer, b, c)
+            t_cache = costs.kv_cache_after(transformer, b, c)
+            sizes = {"mamba": costs.allocated_bytes(m_cache), "transformer": costs.allocated_bytes(t_cache)}
             tokens = torch.arange(b) % V
             times = costs.interleaved_times({"mamba": lambda: mamba.step(tokens, m_cache),
                                              "transformer": lambda: transformer.step(tokens, t_cache)},
                                             args.steps, warmup=1)
-            for name, cache in (("mamba", m_cache), ("transformer", t_cache)):
+            for name in ("mamba", "transformer"):
                 out[name]["tokens_per_second"].append(b / statistics.median(times[name]))
-                out[name]["cache_bytes"].append(costs.allocated_bytes(cache))
+                out[name]["cache_bytes"].append(sizes[name])
             print(f"batch {b:3d} after {c} tokens:  mamba {out['mamba']['tokens_per_second'][-1]:9.0f} tok/s "
                   f"(cache {out['mamba']['cache_bytes'][-1] / 2**20:7.2f} MiB)   transformer "
                   f"{out['transformer']['tokens_per_second'][-1]:9.0f} tok/s (KV cache "
@@ -384,7 +371,7 @@ def main(argv=None) -> dict:
                    help=f"sections to run (default: {' '.join(DEFAULT_SECTIONS)})")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--reps", type=int, default=3, help="timed forward passes per model and length (median)")
-    p.add_argument("--steps", type=int, default=9, help="timed generation steps per point (median)")
+    p.add_argument("--steps", type=int, default=15, help="timed generation steps per point (median)")
     p.add_argument("--max-seconds", type=float, default=120.0,
                    help="stop the Transformer's forward sweep when its next forward would take longer")
     p.add_argument("--fit-points", type=int, default=4, help="longest lengths used for the log-log slopes")

@@ -13,9 +13,9 @@ Four kinds of tool, each used by both the notebook and the benchmark:
   against which ``tests/test_costs.py`` checks every matrix product). The attention is counted dense
   (all L² query-key pairs, as ``FlopCounterMode`` counts it); a causal kernel may skip the masked half.
 * **Bytes** (:func:`allocated_bytes`, :func:`peak_allocated_bytes`, :class:`PeakRSS`): memory that was
-  actually allocated, measured, not summed from shapes: a cache's storages, the allocator's peak
-  during a call (PyTorch's profiler records every allocation and free), or the process's peak resident
-  set for calls too long to profile.
+  actually allocated, measured, not summed from shapes: a cache's storages, the peak of the storage
+  that a call's operations held (every operation watched as it runs), or the process's peak resident
+  set for calls too long to watch.
 * **Seconds** (:func:`interleaved_times`, :func:`loglog_slope`, :func:`crossover`): timings of two or more
   models taken in turns, so that a busy machine slows them alike, and what to read off the curves.
 * **Memory traffic** (:func:`decode_step_bytes`, :func:`bandwidth_bound_throughput`, :func:`max_batch`):
@@ -33,14 +33,17 @@ import os
 import resource
 import statistics
 import time
+import weakref
 from typing import Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = ["mamba_forward_flops", "transformer_forward_flops", "forward_flops", "parameter_count",
            "matched_transformer", "allocated_bytes", "peak_allocated_bytes", "PeakRSS",
            "interleaved_times", "loglog_slope", "crossover", "load_average",
-           "decode_step_bytes", "bandwidth_bound_throughput", "max_batch", "kv_cache_bytes",
+           "decode_step_bytes", "bandwidth_bound_throughput", "max_batch", "kv_cache_bytes", "kv_cache_after",
            "ssm_state_bytes", "induction_accuracy_one_pass"]
 
 
@@ -179,26 +182,71 @@ def allocated_bytes(obj) -> int:
 
 
 def peak_allocated_bytes(fn: Callable, *args, **kwargs):
-    """Call ``fn(*args, **kwargs)``; return ``(result, peak)``, peak being the most bytes that PyTorch's
-    CPU allocator held at any moment of the call beyond what it held when the call began.
+    """Call ``fn(*args, **kwargs)``; return ``(result, peak)``, peak being the most bytes of tensor
+    storage that the call's operations held at any moment (memory held before the call not counted).
 
-    Measured from the allocator's own records: PyTorch's profiler (``profile_memory=True``) logs every
-    allocation and free with its size and time, and the running sum of those gives the peak. It sees
-    every tensor, including a kernel's scratch buffers, but not memory allocated outside PyTorch.
-    The profiler costs a few microseconds per operation: measure memory and time in separate calls.
+    Every PyTorch operation the call runs passes through :class:`_LiveBytes`, which adds the storage
+    of each tensor an operation *creates* (an output that is not a view of one of its inputs) and takes
+    it off when the last tensor using that storage dies. It sees every tensor, including those the
+    model drops at once, but not the scratch memory a kernel uses inside itself. Checked against
+    PyTorch's profiler, which logs the allocator's every allocation and free (``tests/test_costs.py``):
+    the same peak for MambaLM and for TransformerLM's flash attention, ~90 % of it for naive attention
+    (softmax keeps an (L, L) buffer inside). The profiler takes ~10 s to start on this machine, this
+    nothing; it costs a few microseconds per operation: measure memory and time in separate calls.
     """
-    from torch.profiler import ProfilerActivity, profile
-
-    os.environ.setdefault("KINETO_LOG_LEVEL", "99")          # no start/stop banner from the profiler
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _LiveBytes() as tracker:
         result = fn(*args, **kwargs)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    held = peak = 0
-    for _, nbytes in events:                                  # nbytes < 0 for a free
-        held += nbytes
-        peak = max(peak, held)
-    return result, peak
+    return result, tracker.peak
+
+
+class _LiveBytes(TorchDispatchMode):
+    """A dispatch mode that keeps the running total of the storage bytes created under it, and its peak."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.held, self.peak = {}, 0, 0          # storage address -> [bytes, tensors using it]
+        self.inside_attention = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        # Attention reaches a dispatch mode as one operation: run it as its parts (and their parts), to
+        # see the math path's (L, L) scores or the flash kernel's output as they are allocated.
+        if func is torch.ops.aten.scaled_dot_product_attention.default or self.inside_attention:
+            self.inside_attention += 1
+            try:
+                with self:
+                    out = func.decompose(*args, **kwargs)
+            finally:
+                self.inside_attention -= 1
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                self._track(t, inputs)
+        return out
+
+    def _track(self, t, inputs):
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.live:                                 # a new view of a storage made here
+            self.live[key][1] += 1
+        elif key in inputs or storage.nbytes() == 0:         # a view of an input, or in place: not new memory
+            return
+        else:
+            self.live[key] = [storage.nbytes(), 1]
+            self.held += storage.nbytes()
+            self.peak = max(self.peak, self.held)
+        weakref.finalize(t, self._release, key)
+
+    def _release(self, key):
+        entry = self.live.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] == 0:                                # the last tensor on this storage is gone
+                self.held -= entry[0]
+                del self.live[key]
 
 
 class PeakRSS:
@@ -335,6 +383,24 @@ def bandwidth_bound_throughput(weight_bytes: int, cache_bytes_per_sequence: int,
 def max_batch(memory_bytes: int, weight_bytes: int, cache_bytes_per_sequence: int) -> int:
     """The most sequences whose caches fit in ``memory_bytes`` beside the weights (0 if none)."""
     return max(0, (memory_bytes - weight_bytes) // cache_bytes_per_sequence)
+
+
+def kv_cache_after(transformer, batch: int, context: int):
+    """A ``TransformerLM`` KV cache as ``step`` leaves it after reading ``context`` tokens, without running
+    ``context`` steps (whose attention would cost O(context²)): the cache's own growth rule runs (we
+    present ``step`` a full cache until the capacity reaches ``context``: it doubles it each time),
+    then the first ``context`` slots hold random keys and values. A step's cost and the cache's
+    memory do not depend on those values."""
+    cache = transformer.init_cache(batch)
+    token = torch.zeros(batch, dtype=torch.long)
+    with torch.inference_mode():
+        while cache.k[0].shape[2] < context:
+            cache.length = cache.k[0].shape[2]               # full: the next step doubles the capacity
+            transformer.step(token, cache)
+        for t in cache.k + cache.v:
+            t[:, :, :context].normal_()
+    cache.length = context
+    return cache
 
 
 # ----------------------------------------------------------------------------------------------

@@ -123,6 +123,50 @@ def test_peak_allocated_bytes_follows_allocations_and_frees():
     assert peak < 4096
 
 
+def profiler_peak(fn):
+    """The peak from PyTorch's profiler: every allocation and free the CPU allocator reports, in time order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    held = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+def test_peak_allocated_bytes_agrees_with_pytorchs_profiler():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")
+    torch.manual_seed(0)
+    mamba, transformer = tiny_mamba(), TransformerLM(vocab_size=16, d_model=32, n_layers=2, n_heads=4).eval()
+    ids = torch.randint(0, 16, (2, 300))
+    with torch.inference_mode():
+        assert costs.peak_allocated_bytes(mamba, ids)[1] == profiler_peak(lambda: mamba(ids))
+        ours, theirs = costs.peak_allocated_bytes(transformer, ids)[1], profiler_peak(lambda: transformer(ids))
+        assert 0.9 * theirs <= ours <= theirs       # the flash kernel's own scratch is not seen (often none)
+        with sdpa_kernel(SDPBackend.MATH):      # naive attention: one (L, L) buffer stays inside softmax's kernel
+            ours, theirs = costs.peak_allocated_bytes(transformer, ids)[1], profiler_peak(lambda: transformer(ids))
+    assert 0.8 * theirs <= ours <= theirs
+    assert ours > 2 * 2 * 4 * 300 * 300 * 4         # at least the scores and their softmax, (b, h, L, L) each
+
+
+def test_kv_cache_after_is_the_cache_that_stepping_leaves():
+    torch.manual_seed(0)
+    t = TransformerLM(vocab_size=16, d_model=16, n_layers=2, n_heads=2, max_len=4).eval()
+    for context in (1, 4, 5, 9):
+        stepped = t.init_cache(2)
+        for _ in range(context):
+            t.step(torch.tensor([1, 2]), stepped)
+        made = costs.kv_cache_after(t, 2, context)
+        assert made.length == stepped.length == context
+        assert [k.shape for k in made.k] == [k.shape for k in stepped.k]
+        assert costs.allocated_bytes(made) == costs.allocated_bytes(stepped)
+
+
 def test_peak_rss_sees_touched_memory():
     with costs.PeakRSS() as rss:
         x = torch.ones(16 * 2 ** 20 // 4)          # 16 MiB, written
