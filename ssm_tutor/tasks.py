@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from ssm_tutor.validate import check_positive
+
 __all__ = ["TaskBatch", "selective_copying", "induction_heads", "IGNORE", "NOISE", "MARKER", "TRIGGER",
            "masked_accuracy"]
 
@@ -39,12 +41,6 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _check_positive(**kwargs):
-    for name, value in kwargs.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8, vocab_size: int = 10,
                       seed: int = 0) -> TaskBatch:
     """Selective-copying examples.
@@ -54,7 +50,7 @@ def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8,
     targets: IGNORE everywhere except the last ``num_tokens`` positions, which hold the data tokens
              in order (the model's prediction *at* marker j must be data token j).
     """
-    _check_positive(num_examples=num_examples, seq_len=seq_len, num_tokens=num_tokens, vocab_size=vocab_size)
+    check_positive(num_examples=num_examples, seq_len=seq_len, num_tokens=num_tokens, vocab_size=vocab_size)
     if num_tokens > seq_len:
         raise ValueError(f"num_tokens ({num_tokens}) must be at most seq_len ({seq_len})")
     if vocab_size < 3:
@@ -81,7 +77,7 @@ def induction_heads(num_examples: int, seq_len: int = 256, vocab_size: int = 16,
              (0 ≤ p ≤ seq_len - 3) followed by the answer; the trigger again at the last position.
     targets: IGNORE everywhere except the last position, which holds the answer.
     """
-    _check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
+    check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
     if seq_len < 3:
         raise ValueError(f"seq_len must be at least 3 (trigger, answer, trigger), got {seq_len}")
     if vocab_size < 2:
@@ -123,7 +119,7 @@ def model_logits(model, batch: TaskBatch, batch_size: int = 64) -> torch.Tensor:
     """``model(batch.inputs)`` in eval mode, ``batch_size`` examples at a time: (N, L, vocab)."""
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    _check_positive(batch_size=batch_size)
+    check_positive(batch_size=batch_size)
     was_training = model.training
     model.eval()
     logits = torch.cat([model(batch.inputs[i:i + batch_size]) for i in range(0, len(batch.inputs), batch_size)])
@@ -162,7 +158,7 @@ def induction_accuracy_by_length(model, lengths, num_examples: int = 32, vocab_s
     does not change the others); only the last position is scored, so only its logits are computed
     (see :func:`last_position_logits`).
     """
-    _check_positive(num_examples=num_examples, batch_size=batch_size)
+    check_positive(num_examples=num_examples, batch_size=batch_size)
     was_training = model.training
     model.eval()
     results = {}
