@@ -307,7 +307,7 @@ def run_long_context(args) -> dict:
 
     directory = ROOT / "checkpoints" / "ih_mamba_256_long"
     model = load_model(directory)
-    lengths = args.long_lengths or pick("long_lengths", args.quick)
+    lengths = sorted(args.long_lengths or pick("long_lengths", args.quick))
     n = args.long_examples or pick("long_examples", args.quick)
     res = costs.induction_accuracy_one_pass(model, lengths, n, model.config.vocab_size, seed=EVAL_SEED,
                                             progress=not args.quick)

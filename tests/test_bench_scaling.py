@@ -15,7 +15,8 @@ SCRIPT = ROOT / "benchmarks" / "bench_scaling.py"
 def test_bench_scaling_quick_runs_every_section(tmp_path):
     out = tmp_path / "scaling.json"
     result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--reps", "1", "--steps", "2",
-                             "--only", "forward", "generation", "throughput", "long-context", "--out", str(out)],
+                             "--only", "forward", "generation", "throughput", "long-context", "--long-lengths", "96", "32",
+                             "--out", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     for line in ("SLOPES", "CROSSOVER", "GENERATION", "THROUGHPUT", "GPU (DERIVED", "MILLION TOKENS"):
@@ -44,5 +45,5 @@ def test_bench_scaling_quick_runs_every_section(tmp_path):
     assert gpu["derived"] is True and gpu["transformer"]["max_batch"] < gpu["mamba"]["max_batch"]
 
     lc = r["long_context"]
-    assert lc["lengths"] == [64, 128] and lc["steps"] == 128 and lc["batch"] == 4
+    assert lc["lengths"] == [32, 96] and lc["steps"] == 96 and lc["batch"] == 4         # --long-lengths, sorted
     assert all(0 <= a <= 1 for a in lc["accuracy"])
