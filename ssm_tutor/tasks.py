@@ -5,9 +5,9 @@ arguments always give the same batch. Each returns a :class:`TaskBatch` of ``inp
 ``targets``, both (num_examples, length) int64: a causal model reads ``inputs`` and is scored
 only where ``targets != IGNORE`` (the positions where the answer must be produced).
 
-Selective copying (Section 4.1.1, Figure 2): ``num_tokens`` data tokens are scattered at random
-positions among ``seq_len`` noise tokens; then ``num_tokens`` copy markers follow, and at each
-marker the model must emit the data tokens in their original order. A time-invariant system
+Selective copying (Section 4.1.1, Figure 2): a body of ``seq_len`` tokens holds ``num_tokens`` data
+tokens at random positions among ``seq_len - num_tokens`` noise tokens; then ``num_tokens`` copy
+markers follow, and at each marker the model must emit the data tokens in their original order. A time-invariant system
 cannot do this: where the data sits changes from example to example, so no fixed kernel works.
 
 Induction heads (Section 4.1.2): random tokens, with a trigger token placed once somewhere in
@@ -46,7 +46,8 @@ def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8,
     """Selective-copying examples.
 
     Token ids: ``NOISE`` = 0, ``MARKER`` = 1, data tokens 2 … vocab_size-1.
-    inputs:  (num_examples, seq_len + num_tokens): the scattered data among noise, then the markers.
+    inputs:  (num_examples, seq_len + num_tokens): a body of seq_len tokens (num_tokens data tokens
+             among seq_len - num_tokens noise tokens), then the num_tokens markers.
     targets: IGNORE everywhere except the last ``num_tokens`` positions, which hold the data tokens
              in order (the model's prediction *at* marker j must be data token j).
     """

@@ -453,33 +453,7 @@ def test_layers_accept_a_different_scan():
     assert len(calls) == 1
 
 
-# --- the chapter's exercises ----------------------------------------------------------------
-
-def _discretize_step(delta, A, B, u):
-    return torch.exp(delta[:, :, None] * A), delta[:, :, None] * B[:, None, :] * u[:, :, None]
-
-
-def _scan_loop(u, delta, A, B, C, D):
-    h, ys = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]), []
-    for t in range(u.shape[-1]):
-        h = torch.exp(delta[:, :, t, None] * A) * h + delta[:, :, t, None] * B[:, None, :, t] * u[:, :, t, None]
-        ys.append((h * C[:, None, :, t]).sum(-1) + D * u[:, :, t])
-    return torch.stack(ys, -1)
-
-
-def _stub(*args):
-    raise NotImplementedError()
-
-
-@pytest.mark.parametrize("exercise_id,right,wrong", [
-    ("04.1", _discretize_step, lambda delta, A, B, u: (1 + delta[:, :, None] * A, _discretize_step(delta, A, B, u)[1])),
-    ("04.2", _scan_loop, lambda u, delta, A, B, C, D: _scan_loop(u, delta, A, B, C, D * 0)),
-])
-def test_chapter_4_exercises_pass_right_answers_and_fail_wrong_ones(exercise_id, right, wrong):
-    from ssm_tutor.exercises import check_exercise
-    assert check_exercise(exercise_id, right, verbose=False).status == "PASS"
-    assert check_exercise(exercise_id, wrong, verbose=False).status == "FAIL"
-    assert check_exercise(exercise_id, _stub, verbose=False).status == "NOT ATTEMPTED"
+# (the chapter's exercises: tests/test_selection_exercises.py)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
