@@ -1,4 +1,5 @@
-"""The Mamba paper's synthetic tasks: selective copying and induction heads.
+"""The synthetic tasks: the Mamba paper's selective copying and induction heads, and Zoology's
+multi-query associative recall (MQAR).
 
 Paper: Gu & Dao (2023), Section 4.1 and Appendix E.1. Both tasks are seeded, so the same
 arguments always give the same batch. Each returns a :class:`TaskBatch` of ``inputs`` and
@@ -13,6 +14,11 @@ cannot do this: where the data sits changes from example to example, so no fixed
 Induction heads (Section 4.1.2): random tokens, with a trigger token placed once somewhere in
 the sequence and followed by the answer token; the sequence ends with the trigger again and the
 model must recall the token that followed its first occurrence.
+
+Multi-query associative recall (Arora et al. 2023, *Zoology*, Section 3 and Appendix E; stage 10):
+the sequence opens with key-value pairs ``k1 v1 k2 v2 …``, and later each key appears once more,
+where the model must answer with its value. Recalling many pairs at once is what a fixed-size
+state finds hard (notebook 10).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["TaskBatch", "selective_copying", "induction_heads", "IGNORE", "NOISE", "MARKER", "TRIGGER",
+__all__ = ["TaskBatch", "selective_copying", "induction_heads", "mqar", "IGNORE", "NOISE", "MARKER", "TRIGGER",
            "masked_accuracy"]
 
 IGNORE = -100   # target value for positions that are not scored (PyTorch's cross_entropy default)
@@ -95,6 +101,61 @@ def induction_heads(num_examples: int, seq_len: int = 256, vocab_size: int = 16,
     inputs[:, -1] = TRIGGER
     targets = torch.full_like(inputs, IGNORE)
     targets[:, -1] = answer
+    return TaskBatch(inputs, targets)
+
+
+def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, seed: int = 0,
+         power_a: float = 0.01) -> TaskBatch:
+    """Multi-query associative recall (MQAR) examples, as Zoology defines them.
+
+    Token ids: keys come from [1, vocab_size/2), values from [vocab_size/2, vocab_size) (integer
+    halves: ``vocab_size // 2``). Each example, of length ``seq_len``:
+
+    * positions 0 … 2P-1 (P = ``num_kv_pairs``): the pairs ``k_1 v_1 … k_P v_P``, the P keys
+      distinct, the P values distinct;
+    * after them, each key is queried exactly once, at position 2P + 2·g, where the slot g is
+      drawn (without replacement) from the power law p(g) ∝ a·(g+1)^(a-1), g = 0 … S-1,
+      S = (seq_len - 2P) // 2 and a = ``power_a`` (0.01: most queries come soon after the pairs,
+      a few much later, as repeated bigrams do in text);
+    * every other position holds a random token from [0, vocab_size) (Zoology's
+      ``random_non_queries``), so a key id can also turn up as noise.
+
+    targets: at a query position the value paired with the queried key; IGNORE everywhere else
+    (the model reads the key and must *predict* its value, like a next-token prediction).
+
+    Raises ValueError when 4·P > seq_len (P pairs and P queries with a noise token after each need
+    4P positions), or when the vocabulary has fewer than P keys or P values to draw from.
+    """
+    _check_positive(num_examples=num_examples, seq_len=seq_len, num_kv_pairs=num_kv_pairs,
+                    vocab_size=vocab_size)
+    P = num_kv_pairs
+    if 4 * P > seq_len:
+        raise ValueError(f"mqar: num_kv_pairs={P} needs seq_len >= 4·num_kv_pairs = {4 * P} (2 tokens per pair, "
+                         f"then a query and a filler token per pair), got seq_len={seq_len}")
+    half = vocab_size // 2
+    if half - 1 < P or vocab_size - half < P:
+        raise ValueError(f"mqar: vocab_size={vocab_size} has {half - 1} key ids in [1, {half}) and "
+                         f"{vocab_size - half} value ids in [{half}, {vocab_size}); num_kv_pairs={P} distinct "
+                         f"keys need vocab_size >= {2 * P + 2}")
+    if not (isinstance(power_a, (int, float)) and 0 < power_a <= 1):
+        raise ValueError(f"mqar: power_a must be in (0, 1] (1 is uniform), got {power_a!r}")
+    g = _generator(seed)
+    N, context = num_examples, 2 * P
+    # P distinct keys and P distinct values per example: the first P of a random permutation
+    keys = 1 + torch.rand(N, half - 1, generator=g).argsort(dim=1)[:, :P]               # (N, P) in [1, half)
+    values = half + torch.rand(N, vocab_size - half, generator=g).argsort(dim=1)[:, :P]  # (N, P) in [half, V)
+    # the query slots: P distinct slots per example, drawn from the power law
+    slots = (seq_len - context) // 2                                                     # S
+    law = power_a * torch.arange(1, slots + 1, dtype=torch.float64) ** (power_a - 1)     # (S,)
+    gaps = torch.multinomial(law.expand(N, slots), P, replacement=False, generator=g)    # (N, P)
+    query_pos = context + 2 * gaps                                                       # (N, P)
+
+    inputs = torch.randint(0, vocab_size, (N, seq_len), generator=g)                     # the noise
+    inputs[:, 0:context:2] = keys
+    inputs[:, 1:context:2] = values
+    inputs.scatter_(1, query_pos, keys)                  # key i is queried at query_pos[:, i]
+    targets = torch.full_like(inputs, IGNORE)
+    targets.scatter_(1, query_pos, values)               # … and the answer there is its value
     return TaskBatch(inputs, targets)
 
 
