@@ -19,6 +19,10 @@ Multi-query associative recall (Arora et al. 2023, *Zoology*, Section 3 and Appe
 the sequence opens with key-value pairs ``k1 v1 k2 v2 …``, and later each key appears once more,
 where the model must answer with its value. Recalling many pairs at once is what a fixed-size
 state finds hard (notebook 10).
+
+Occurs again (stage 10, bidirectional models): label every token 1 if the same token occurs again
+later in the sequence, else 0. The answer depends only on the *future*, so a causal model can do
+no better than guess from the position (:func:`occurs_again_causal_ceiling`).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["TaskBatch", "selective_copying", "induction_heads", "mqar", "IGNORE", "NOISE", "MARKER", "TRIGGER",
+__all__ = ["TaskBatch", "selective_copying", "induction_heads", "mqar", "occurs_again",
+           "occurs_again_causal_ceiling", "IGNORE", "NOISE", "MARKER", "TRIGGER",
            "masked_accuracy"]
 
 IGNORE = -100   # target value for positions that are not scored (PyTorch's cross_entropy default)
@@ -157,6 +162,36 @@ def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, se
     targets = torch.full_like(inputs, IGNORE)
     targets.scatter_(1, query_pos, values)               # … and the answer there is its value
     return TaskBatch(inputs, targets)
+
+
+def occurs_again(num_examples: int, seq_len: int = 32, vocab_size: int = 16, seed: int = 0) -> TaskBatch:
+    """Token labelling: does this token occur again later in the sequence?
+
+    inputs:  (num_examples, seq_len), tokens drawn uniformly from [0, vocab_size).
+    targets: (num_examples, seq_len), 1 at position t if inputs[t] == inputs[s] for some s > t,
+             else 0; every position is scored (two labels, no IGNORE).
+    """
+    _check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
+    g = _generator(seed)
+    inputs = torch.randint(0, vocab_size, (num_examples, seq_len), generator=g)        # (N, L)
+    same = inputs[:, :, None] == inputs[:, None, :]                                    # (N, L, L): x_t == x_s
+    later = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)                     # s > t
+    targets = (same & later).any(dim=2).long()                                         # (N, L)
+    return TaskBatch(inputs, targets)
+
+
+def occurs_again_causal_ceiling(seq_len: int, vocab_size: int) -> float:
+    """The best accuracy any causal model can reach on :func:`occurs_again`.
+
+    Tokens are independent and uniform, so what a causal model has read says nothing about the
+    tokens still to come: at position t its best guess is the likelier label given t alone.
+    The token occurs again with probability p_t = 1 - (1 - 1/V)^(L-1-t), and the best
+    accuracy is the average over positions of max(p_t, 1 - p_t).
+    """
+    _check_positive(seq_len=seq_len, vocab_size=vocab_size)
+    q = 1.0 - 1.0 / vocab_size
+    p = [1.0 - q ** (seq_len - 1 - t) for t in range(seq_len)]
+    return sum(max(pt, 1.0 - pt) for pt in p) / seq_len
 
 
 def masked_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
