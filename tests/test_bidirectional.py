@@ -99,3 +99,26 @@ def test_classifier_shapes_and_errors():
         model(torch.tensor([[0, 11]]))
     with pytest.raises(TypeError, match="integer"):
         model(torch.zeros(1, 3))
+
+
+# ---- the labelling task a causal model cannot solve ---------------------------------------------
+
+def test_occurs_again_labels_match_a_plain_loop():
+    from ssm_tutor.tasks import occurs_again
+
+    batch = occurs_again(20, 15, 6, seed=4)
+    assert batch.inputs.shape == batch.targets.shape == (20, 15) and batch.targets.dtype == torch.long
+    for row, labels in zip(batch.inputs.tolist(), batch.targets.tolist()):
+        assert labels == [int(row[t] in row[t + 1:]) for t in range(15)]
+    assert torch.equal(occurs_again(20, 15, 6, seed=4).inputs, batch.inputs)
+
+
+@pytest.mark.parametrize("L,V", [(32, 16), (32, 32), (12, 3)])
+def test_causal_ceiling_is_the_best_position_only_guess_measured_on_samples(L, V):
+    """The ceiling's formula against the best any position-only rule does on 20 000 sampled sequences."""
+    from ssm_tutor.tasks import occurs_again, occurs_again_causal_ceiling
+
+    targets = occurs_again(20_000, L, V, seed=0).targets.float()
+    rate = targets.mean(0)                                       # P(label 1 | position): (L,)
+    best = torch.maximum(rate, 1 - rate).mean().item()           # guess the likelier label at each position
+    assert abs(occurs_again_causal_ceiling(L, V) - best) < 0.01
