@@ -14,6 +14,6 @@ python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" |
 if [ "$#" -eq 0 ]; then set -- notebooks/[0-9][0-9]_*.ipynb; fi
 for nb in "$@"; do
   echo "== $nb"
-  python -m jupyter nbconvert --to notebook --execute --inplace \
+  python -m nbconvert --to notebook --execute --inplace \
     --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.store_widget_state=True "$nb"
 done

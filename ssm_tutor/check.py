@@ -30,6 +30,11 @@ def _widen(x: np.ndarray) -> np.ndarray:
     return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64)
 
 
+def _plain(x) -> str:
+    """A NumPy scalar as a learner would write it: 0.25, (1+2j), nan — not np.float64(0.25)."""
+    return repr(x.item() if hasattr(x, "item") else x)
+
+
 def mismatch(reference, candidate, *, atol: float, rtol: float, what: str = "output") -> str | None:
     """None when ``candidate`` equals ``reference`` within ``atol + rtol * |reference|`` elementwise,
     else one sentence naming what differs: the shape, the non-finite values, or the worst element
@@ -55,7 +60,7 @@ def mismatch(reference, candidate, *, atol: float, rtol: float, what: str = "out
         return None
     idx = np.unravel_index(np.argmax(err - allowed), err.shape)
     return (f"{what}: differs from the reference by up to {float(err.max()):.3g}; "
-            f"at index {tuple(int(i) for i in idx)} expected {ref64[idx]!r}, got {cand64[idx]!r}; "
+            f"at index {tuple(int(i) for i in idx)} expected {_plain(ref64[idx])}, got {_plain(cand64[idx])}; "
             f"{int(np.sum(err > allowed))} of {err.size} elements out of tolerance (atol={atol:g}, rtol={rtol:g})")
 
 

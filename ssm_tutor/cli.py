@@ -15,12 +15,22 @@ Two commands, both built on nbgrader's and nbclient's machinery::
 3. clears outputs, execution counts and stored widget state (nbgrader's ``ClearOutput``);
 4. marks grade cells read-only and solution cells undeletable (nbgrader's ``LockCells``).
 
-The grade cells (``check_exercise("04.1", fn)``) are kept as they are.
+The grade cells (``check_exercise("04.1", fn)``) are kept as they are. ``student`` never writes
+onto an input notebook or through a symbolic link: ``--out`` must not be a link nor an input's
+directory (links in its parents followed), an existing file there that is a link (or a hard link
+to an input) is refused, and each copy is written to a new file and renamed into place.
 
 ``check`` executes a notebook in a fresh kernel (nbclient, errors allowed so that every
 exercise is reached) and prints, per exercise, the checker's line::
 
     Exercise 04.1 [PASS] discretise Δ per channel: matches the reference on 4 cases
+
+The result does not come from what the notebook prints (a cell can print anything): the kernel
+is started with ``SSM_TUTOR_RESULTS`` naming a file in a private temporary directory, the real
+``check_exercise`` appends a JSON record to it per result, and after each cell the command reads
+the new records and credits them to that cell. A grade cell passes only with a PASS record of
+its own; one without any record (``check_exercise`` redefined, the cell edited) FAILs. Each check
+has a time limit (``--time-limit``), so an answer that loops forever FAILs instead of hanging.
 
 Exit status: 0 when no exercise fails (exercises still ``NOT ATTEMPTED`` do not count as
 failures, so a fresh student copy checks clean; pass ``--require-all`` to count them as
@@ -33,21 +43,27 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
 import os
 import re
+import secrets
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 from nbgrader.utils import is_solution as is_solution_cell
 
-from ssm_tutor.exercises import FAIL, NOT_ATTEMPTED, PASS
+from ssm_tutor.exercises import (FAIL, NOT_ATTEMPTED, PASS, RESULTS_ENV, TIME_LIMIT, TIME_LIMIT_ENV,
+                                 ExerciseResult)
 
-__all__ = ["make_student_copy", "write_student_copies", "execute_notebook", "collect_results",
-           "NotebookReport", "main"]
+__all__ = ["make_student_copy", "write_student_copies", "execute_notebook", "execute_and_record",
+           "collect_results", "printed_results", "CheckerRecord", "NotebookReport", "main"]
 
-#: the line ``check_exercise`` prints (``ExerciseResult.__str__`` in ``ssm_tutor.exercises``)
+#: the line ``check_exercise`` prints (``ExerciseResult.__str__`` in ``ssm_tutor.exercises``);
+#: read only from stored outputs (:func:`printed_results`), never to decide a result
 RESULT_LINE = re.compile(rf"^Exercise (?P<id>\S+) \[(?P<status>{PASS}|{FAIL}|{NOT_ATTEMPTED})\] (?P<rest>.*)$",
                          re.MULTILINE)
 CHECK_CALL = re.compile(r"check_exercise\(\s*[\"'](?P<id>[^\"']+)[\"']")
@@ -139,27 +155,74 @@ def make_student_copy(nb):
     return nb
 
 
-def write_student_copies(inputs: list[str], out: str) -> list[Path]:
-    """Write the student copy of each notebook in ``inputs`` (files or directories) to ``out``."""
-    paths = notebook_paths(inputs)
-    out_dir = Path(out)
+def _student_targets(paths: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(input, target) pairs, after checking that no target is an input notebook, a symbolic link,
+    or a hard link to an input, and that ``out_dir`` is not a link nor (once every link in its
+    parents is followed) the directory of an input. Raises UsageError naming the path; nothing
+    has been written yet."""
+    if out_dir.is_symlink():
+        raise UsageError(f"--out {out_dir}: is a symbolic link (to {os.readlink(out_dir)}); refusing to "
+                         f"write through it: give the directory it points to, if that is what you mean")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir}: exists and is not a directory")
+    real_out = out_dir.resolve()                     # follows links in the parents too
+    by_name: dict[str, Path] = {}
     for p in paths:
-        if p.resolve().parent == out_dir.resolve():
-            raise UsageError(f"--out {out_dir}: is the directory of {p}; "
-                             f"refusing to overwrite the instructor notebooks")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for p in paths:
+        home = p.resolve().parent
+        if real_out == home:
+            raise UsageError(f"--out {out_dir}: is the directory of the input {p}; refusing to overwrite "
+                             f"the instructor notebooks: choose another directory (a subdirectory is fine)")
+        if p.name in by_name and by_name[p.name].resolve() != p.resolve():
+            raise UsageError(f"two inputs are named {p.name} ({by_name[p.name]} and {p}): "
+                             f"their student copies would overwrite each other in {out_dir}")
+        by_name.setdefault(p.name, p)
+    pairs = []
+    for name, p in by_name.items():
+        target = out_dir / name
+        if target.is_symlink():
+            raise UsageError(f"{target}: is a symbolic link (to {os.readlink(target)}); refusing to write "
+                             f"through it: remove it first")
+        if target.exists():
+            if not target.is_file():
+                raise UsageError(f"{target}: exists and is not a file")
+            twin = next((q for q in paths if os.path.samefile(target, q)), None)
+            if twin is not None:
+                raise UsageError(f"{target}: is the same file as the input {twin} (a hard link); "
+                                 f"refusing to overwrite an instructor notebook: remove it first")
+        pairs.append((p, target))
+    return pairs
+
+
+def _write_new_file(nb, target: Path) -> None:
+    """Write ``nb`` to a new file beside ``target`` and rename it over ``target``: the rename
+    replaces the directory entry, so nothing is ever written through a link planted there."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:   # "x": fails rather than follow anything there
+            nbformat.write(nb, f)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_student_copies(inputs: list[str], out: str) -> list[Path]:
+    """Write the student copy of each notebook in ``inputs`` (files or directories) to ``out``.
+
+    Never writes onto an input notebook or through a symbolic link, whatever ``out`` holds:
+    every target is checked (and every copy made) before the first file is written.
+    """
+    out_dir = Path(out)
+    pairs = _student_targets(notebook_paths(inputs), out_dir)
+    copies = []
+    for p, target in pairs:
         try:
-            student = make_student_copy(read_notebook(p))
+            copies.append((make_student_copy(read_notebook(p)), target))
         except (ValueError, RuntimeError) as err:
             raise UsageError(f"{p}: {err}") from err
-        target = out_dir / p.name
-        nbformat.write(student, target)
-        written.append(target)
-    return written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for student, target in copies:
+        _write_new_file(student, target)
+    return [target for _, target in copies]
 
 
 # --------------------------------------------------------------------------- checking
@@ -167,7 +230,7 @@ def write_student_copies(inputs: list[str], out: str) -> list[Path]:
 class ExerciseLine:
     id: str
     status: str
-    line: str          # the checker's whole line, as printed
+    line: str          # the checker's whole line
 
 
 @dataclass
@@ -184,17 +247,75 @@ class NotebookReport:
                     or (require_all and self.count(NOT_ATTEMPTED)))
 
 
-def execute_notebook(nb, cwd: Path, timeout: int = 600, env: dict | None = None):
+@dataclass
+class CheckerRecord:
+    """One result written by the real ``check_exercise`` to the private results file, with the
+    index of the notebook cell that was running when it was written (None: after the last cell)."""
+    cell: int | None
+    id: str
+    status: str
+    line: str
+
+
+def execute_notebook(nb, cwd: Path, timeout: int = 600, env: dict | None = None, on_cell_executed=None):
     """Execute ``nb`` in place, in a fresh kernel started in ``cwd`` (with environment ``env``,
-    default: this process's); cell errors are recorded in the outputs, not raised."""
+    default: this process's); cell errors are recorded in the outputs, not raised.
+    ``on_cell_executed(cell=, cell_index=, execute_reply=)`` is called after each code cell."""
     from nbclient import NotebookClient
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     kernel = nb.metadata.get("kernelspec", {}).get("name", "python3")
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=True,
-                            resources={"metadata": {"path": str(cwd)}})
+                            resources={"metadata": {"path": str(cwd)}}, on_cell_executed=on_cell_executed)
     client.execute(**({"env": env} if env is not None else {}))
     return nb
+
+
+def _read_records(f, cell: int | None) -> list[CheckerRecord]:
+    """The records appended to the open results file ``f`` since the last read."""
+    records = []
+    for text in f.read().splitlines():
+        try:
+            result = ExerciseResult(**json.loads(text))
+        except (ValueError, TypeError):
+            continue   # not a whole record as check_exercise writes them
+        if result.status in (PASS, FAIL, NOT_ATTEMPTED):
+            records.append(CheckerRecord(cell, str(result.id), result.status, str(result)))
+    return records
+
+
+def execute_and_record(nb, cwd: Path, timeout: int = 600, env: dict | None = None,
+                       time_limit: float | None = None) -> tuple[list[CheckerRecord], str | None]:
+    """Execute ``nb`` in place (see :func:`execute_notebook`) with the checker's results channel open.
+
+    The kernel is started with ``SSM_TUTOR_RESULTS`` naming a fresh file in a private temporary
+    directory; the real ``check_exercise`` appends one JSON record per result to it. After each
+    cell the new records are read and tagged with that cell's index, so a record counts only for
+    the cell that made it. Printed text never reaches the file. ``time_limit``: seconds allowed
+    per ``check_exercise`` call (``SSM_TUTOR_TIME_LIMIT``). Returns (records, why execution stopped
+    early or None).
+    """
+    env = dict(os.environ if env is None else env)
+    env.pop(TIME_LIMIT_ENV, None)
+    if time_limit is not None:
+        env[TIME_LIMIT_ENV] = repr(float(time_limit))
+    records: list[CheckerRecord] = []
+    stopped = None
+    with tempfile.TemporaryDirectory(prefix="ssm-tutor-check-") as private:   # mode 0700
+        path = Path(private) / f"results-{secrets.token_hex(8)}.jsonl"
+        path.touch(mode=0o600)
+        env[RESULTS_ENV] = str(path)
+        with open(path, encoding="utf-8") as f:
+            def after_cell(cell, cell_index, execute_reply=None):
+                records.extend(_read_records(f, cell_index))
+
+            try:
+                execute_notebook(nb, cwd, timeout, env, on_cell_executed=after_cell)
+            except Exception as err:  # the kernel died, a cell timed out, no such kernel…
+                last_line = (str(err).strip().splitlines() or [""])[-1]
+                stopped = f"execution stopped: {type(err).__name__}: {last_line}"
+            records.extend(_read_records(f, None))
+    return records, stopped
 
 
 def _cell_text(cell) -> tuple[str, list[tuple[str, str]]]:
@@ -209,22 +330,21 @@ def _cell_text(cell) -> tuple[str, list[tuple[str, str]]]:
     return "".join(text), errors
 
 
-def collect_results(nb, path: str = "") -> NotebookReport:
-    """Read the checker's lines back from an executed notebook."""
+def _report(nb, path: str, results_of) -> NotebookReport:
+    """The report of an executed notebook; ``results_of(i, cell, text)`` gives the
+    ExerciseLines of code cell i (its id, status and line, once per id)."""
     report = NotebookReport(path)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
             continue
         text, errors = _cell_text(cell)
-        found: list[ExerciseLine] = []
-        for m in RESULT_LINE.finditer(text):  # once per exercise (under nbgrader the line is
-            if m["id"] not in {f.id for f in found}:  # printed and raised)
-                found.append(ExerciseLine(m["id"], m["status"], m.group(0)))
+        expected = list(dict.fromkeys(CHECK_CALL.findall(cell.source)))
+        found = results_of(i, cell, text, expected)
         report.exercises.extend(found)
-        expected = CHECK_CALL.findall(cell.source)
         missing = [ex_id for ex_id in expected if ex_id not in {f.id for f in found}]
         for ex_id in missing:  # the grade cell crashed before the checker could report
-            why = f"{errors[0][0]}: {errors[0][1]}" if errors else "no result line printed"
+            why = f"{errors[0][0]}: {errors[0][1]}" if errors else \
+                "ssm_tutor's checker recorded no result (was check_exercise redefined, or not called?)"
             report.exercises.append(ExerciseLine(ex_id, FAIL, f"Exercise {ex_id} [FAIL] {why}"))
         if errors and not expected and not found:
             ename, evalue = errors[0]
@@ -235,19 +355,49 @@ def collect_results(nb, path: str = "") -> NotebookReport:
     return report
 
 
-def check_notebooks(inputs: list[str], timeout: int, require_all: bool, out=sys.stdout) -> int:
+def collect_results(nb, records: list[CheckerRecord], path: str = "") -> NotebookReport:
+    """The report of a notebook executed by :func:`execute_and_record`, from the checker's records.
+
+    A grade cell (one that calls ``check_exercise("ID", …)``) gets, per ID it names, the records
+    for that ID written while it ran: PASS only if every one of them passed, else the first that
+    did not. A grade cell with no record FAILs. What cells print is not read: a cell that prints
+    "Exercise 04.1 [PASS]" or defines its own ``check_exercise`` makes nothing pass.
+    """
+    def results_of(i, cell, text, expected):
+        found = []
+        for ex_id in expected:
+            mine = [r for r in records if r.cell == i and r.id == ex_id]
+            if mine:
+                worst = next((r for r in mine if r.status != PASS), mine[0])
+                found.append(ExerciseLine(ex_id, worst.status, worst.line))
+        return found
+
+    return _report(nb, path, results_of)
+
+
+def printed_results(nb, path: str = "") -> NotebookReport:
+    """A report from the lines an executed notebook *printed* (its stored outputs), for reading
+    committed notebooks and nbgrader's output. Anything can print such a line, so this is not
+    evidence that an exercise passes: ``ssm-tutor check`` uses :func:`collect_results`."""
+    def results_of(i, cell, text, expected):
+        found: list[ExerciseLine] = []
+        for m in RESULT_LINE.finditer(text):  # once per exercise (under nbgrader the line is
+            if m["id"] not in {f.id for f in found}:  # printed and raised)
+                found.append(ExerciseLine(m["id"], m["status"], m.group(0)))
+        return found
+
+    return _report(nb, path, results_of)
+
+
+def check_notebooks(inputs: list[str], timeout: int, require_all: bool, out=sys.stdout,
+                    time_limit: float | None = None) -> int:
     paths = notebook_paths(inputs)
     status = 0
     for p in paths:
         nb = read_notebook(p)
         print(f"{p}", file=out, flush=True)
-        stopped = None
-        try:
-            execute_notebook(nb, p.resolve().parent, timeout)
-        except Exception as err:  # the kernel died, a cell timed out, no such kernel…
-            last_line = (str(err).strip().splitlines() or [""])[-1]
-            stopped = f"execution stopped: {type(err).__name__}: {last_line}"
-        report = collect_results(nb, str(p))
+        records, stopped = execute_and_record(nb, p.resolve().parent, timeout, time_limit=time_limit)
+        report = collect_results(nb, records, str(p))
         if stopped:
             report.problems.append(stopped)
         for e in report.exercises:
@@ -280,8 +430,27 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("inputs", nargs="+", help="notebooks, or directories of notebooks")
     check.add_argument("--require-all", action="store_true",
                        help="count NOT ATTEMPTED exercises as failures (exit status 1)")
-    check.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
+    check.add_argument("--timeout", type=_positive(int), default=600, help="seconds allowed per cell (default 600)")
+    check.add_argument("--time-limit", type=_positive(float), default=TIME_LIMIT,
+                       help=f"seconds allowed per exercise check, all its cases together (default {TIME_LIMIT:g}); "
+                            f"an answer still running then is stopped and FAILs")
     return parser
+
+
+def _positive(kind):  # TODO(validate): an argparse type shared with ssm_tutor.train's
+    """An argparse type: a finite number of type ``kind`` (int or float) greater than 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if kind is int else 'number'}, "
+                                             f"got {text!r}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             for target in write_student_copies(args.inputs, args.out):
                 print(f"wrote {target}")
             return 0
-        return check_notebooks(args.inputs, args.timeout, args.require_all)
+        return check_notebooks(args.inputs, args.timeout, args.require_all, time_limit=args.time_limit)
     except UsageError as err:
         print(f"ssm-tutor {args.command}: error: {err}", file=sys.stderr)
         return 2

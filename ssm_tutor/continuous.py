@@ -23,6 +23,7 @@ at L times is a tensor of shape (L, p), the output (L, q), the impulse response 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -39,13 +40,23 @@ __all__ = [
 ]
 
 
+#: half-precision dtypes: a continuous system is computed in float32 instead (the matrix exponential
+#: in float16 overflows to inf/NaN, and eigenvalues are not implemented for it)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def as_real_matrix(name: str, x, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Turn ``x`` (tensor, array or nested list) into a real floating 2-D tensor, or raise
-    an error naming ``name``. Integer input becomes float64; nothing is reshaped."""
+    an error naming ``name``. Integer input becomes float64, float16/bfloat16 becomes float32;
+    complex and boolean input are refused; nothing is reshaped."""
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(x)
     if x.is_complex():
         raise TypeError(f"{name} must be real, got complex dtype {x.dtype}")
+    if x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got dtype torch.bool")
+    if x.dtype in HALF_DTYPES:
+        x = x.to(torch.float32)
     if not x.is_floating_point():
         x = x.to(torch.float64)
     if dtype is not None:
@@ -60,8 +71,10 @@ class ContinuousSSM:
     """The continuous LTI system x' = A x + B u, y = C x + D u (S4 paper, eq. 1).
 
     Shapes: A (n, n), B (n, p), C (q, n), D (q, p); ``D=None`` means zeros. All four are
-    converted to real floating tensors of A's dtype (integers become float64) and checked:
-    a wrong shape raises a ValueError naming the matrix and the shape it should have.
+    converted to real floating tensors of A's dtype (integers become float64; float16 and
+    bfloat16 become float32, since a matrix exponential in half precision overflows) and
+    checked: complex or boolean matrices raise a TypeError, a wrong shape a ValueError naming
+    the matrix and the shape it should have.
     """
 
     A: torch.Tensor
@@ -141,6 +154,20 @@ def _check_times(t, ssm: ContinuousSSM, *, increasing: bool) -> torch.Tensor:
     return t
 
 
+def _real_signal(name: str, x, ssm: ContinuousSSM) -> torch.Tensor:
+    """``x`` as a finite tensor of the system's dtype; a complex one is refused, not made real
+    (casting would silently drop its imaginary part)."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.is_complex():
+        raise TypeError(f"{name} must be real (a ContinuousSSM is a real system), got complex dtype {x.dtype}; "
+                        f"simulate its real and imaginary parts separately")
+    x = x.to(ssm.dtype)
+    if not torch.all(torch.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return x
+
+
 def impulse_response(ssm: ContinuousSSM, t) -> torch.Tensor:
     """h(t) = C exp(A t) B at the times ``t`` (shape (L,), t ≥ 0): returns (L, q, p).
 
@@ -204,18 +231,14 @@ def simulate(ssm: ContinuousSSM, u, t, x0=None, *, hold: str = "linear", return_
     if hold not in ("linear", "zero"):
         raise ValueError(f"hold must be 'linear' or 'zero', got {hold!r}")
     t = _check_times(t, ssm, increasing=True)
-    if not isinstance(u, torch.Tensor):
-        u = torch.as_tensor(u, dtype=ssm.dtype)
+    u = _real_signal("u", u, ssm)
     if u.dim() != 2 or u.shape != (t.shape[0], ssm.p):
         raise ValueError(f"u must have shape (L, p) = ({t.shape[0]}, {ssm.p}) (one row per time in t), "
                          f"got shape {tuple(u.shape)}")
-    u = u.to(ssm.dtype)
-    if not torch.all(torch.isfinite(u)):
-        raise ValueError("u contains NaN or infinite values")
     if x0 is None:
         x = ssm.A.new_zeros(ssm.n)
     else:
-        x = torch.as_tensor(x0, dtype=ssm.dtype)
+        x = _real_signal("x0", x0, ssm)
         if x.shape != (ssm.n,):
             raise ValueError(f"x0 must have shape (n,) = ({ssm.n},), got shape {tuple(x.shape)}")
     steps = t[1:] - t[:-1]                                         # (L-1,)
@@ -254,6 +277,18 @@ def is_stable(ssm: ContinuousSSM, tol: float = 0.0) -> bool:
 # Worked examples
 # ----------------------------------------------------------------------------------------
 
+def _example_args(dtype, **numbers_) -> dict:
+    """Check a worked example's arguments: ``dtype`` float32 or float64 (an integer dtype would
+    truncate c/m = 0.2 to 0, a bool one make it 1, a half one round it), each number a finite
+    real. Returns the numbers as floats."""
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    for name, v in numbers_.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise TypeError(f"{name} must be a finite real number, got {v!r}")
+    return {name: float(v) for name, v in numbers_.items()}
+
+
 def mass_spring_damper(m: float = 1.0, k: float = 1.0, c: float = 0.2, dtype=torch.float64) -> ContinuousSSM:
     """A mass m on a spring (stiffness k) with a damper (coefficient c), pushed by a force u.
 
@@ -263,8 +298,9 @@ def mass_spring_damper(m: float = 1.0, k: float = 1.0, c: float = 0.2, dtype=tor
 
     Poles: λ = (-c ± sqrt(c² - 4 m k)) / (2m): underdamped (oscillating) when c² < 4mk.
     """
+    m, k, c = _example_args(dtype, m=m, k=k, c=c).values()
     for name, v, lo in (("m", m, "> 0"), ("k", k, "≥ 0"), ("c", c, "≥ 0")):
-        if not math.isfinite(v) or (v <= 0 if name == "m" else v < 0):
+        if v <= 0 if name == "m" else v < 0:
             raise ValueError(f"{name} must be {lo}, got {v}")
     A = torch.tensor([[0.0, 1.0], [-k / m, -c / m]], dtype=dtype)
     B = torch.tensor([[0.0], [1.0 / m]], dtype=dtype)
@@ -279,6 +315,7 @@ def damped_oscillator(sigma: float, omega: float, dtype=torch.float64) -> Contin
     shrinking it by exp(-sigma t); B = (1, 0)ᵀ, C = (1, 0). Its impulse response is
     h(t) = exp(-sigma t) cos(omega t). (sigma < 0 makes it grow: an unstable pole pair.)
     """
+    sigma, omega = _example_args(dtype, sigma=sigma, omega=omega).values()
     A = torch.tensor([[-sigma, omega], [-omega, -sigma]], dtype=dtype)
     B = torch.tensor([[1.0], [0.0]], dtype=dtype)
     C = torch.tensor([[1.0, 0.0]], dtype=dtype)
@@ -292,6 +329,7 @@ def oscillating_and_decaying(sigma: float = 0.3, omega: float = 4.0, lam: float 
 
         h(t) = exp(-sigma t) cos(omega t) + exp(-lam t).
     """
+    sigma, omega, lam = _example_args(dtype, sigma=sigma, omega=omega, lam=lam).values()
     A = torch.tensor([[-sigma, omega, 0.0], [-omega, -sigma, 0.0], [0.0, 0.0, -lam]], dtype=dtype)
     B = torch.tensor([[1.0], [0.0], [1.0]], dtype=dtype)
     C = torch.tensor([[1.0, 0.0, 1.0]], dtype=dtype)

@@ -32,6 +32,7 @@ discretize the state equation, so compare Ā and B̄ only.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable
 
 import torch
@@ -70,12 +71,21 @@ def _check_dense(A, B):
     return A, B
 
 
+def _dense_system(A, B):
+    """:func:`_check_dense`, with float16/bfloat16 widened to float32 (complex32 to complex64):
+    the matrix exponential and the linear solves overflow or are not implemented in half
+    precision, so a half-precision system is discretized, and returned, in single precision."""
+    A, B = _tensor("A", A), _tensor("B", B)
+    widen = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
+    return _check_dense(A.to(widen.get(A.dtype, A.dtype)), B.to(widen.get(B.dtype, B.dtype)))
+
+
 def _check_dt_scalar(dt) -> float:
     if isinstance(dt, torch.Tensor):
         if dt.numel() != 1:
             raise ValueError(f"dt must be a single positive number for a dense A, got shape {tuple(dt.shape)}")
         dt = dt.item()
-    if not isinstance(dt, (int, float)) or isinstance(dt, bool):
+    if not isinstance(dt, numbers.Real) or isinstance(dt, bool):
         raise TypeError(f"dt must be a positive number, got {type(dt).__name__}")
     if not math.isfinite(dt) or dt <= 0:
         raise ValueError(f"dt must be > 0 (the step between samples), got {dt}")
@@ -115,8 +125,9 @@ def zoh(A, B, dt):
 
     Computed without inverting A (so a singular A is fine) from one matrix exponential:
     exp(Δ [[A, B], [0, 0]]) = [[Ā, B̄], [0, I]]. Shapes: A (n, n), B (n, p) -> (n, n), (n, p).
+    The dense methods compute float16/bfloat16 systems in float32 and return float32.
     """
-    A, B = _check_dense(A, B)
+    A, B = _dense_system(A, B)
     dt = _check_dt_scalar(dt)
     n, p = B.shape
     M = A.new_zeros(n + p, n + p)
@@ -128,7 +139,7 @@ def zoh(A, B, dt):
 def bilinear(A, B, dt):
     """Bilinear (Tustin, trapezoid) rule, S4 eq. (3):
     Ā = (I − Δ/2 A)⁻¹(I + Δ/2 A), B̄ = (I − Δ/2 A)⁻¹ Δ B. Shapes as :func:`zoh`."""
-    A, B = _check_dense(A, B)
+    A, B = _dense_system(A, B)
     dt = _check_dt_scalar(dt)
     I = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     left = I - dt / 2 * A
@@ -138,7 +149,7 @@ def bilinear(A, B, dt):
 def euler(A, B, dt):
     """Forward Euler: x_k ≈ x_{k-1} + Δ (A x_{k-1} + B u): Ā = I + Δ A, B̄ = Δ B.
     (``scipy.signal.cont2discrete``'s ``"euler"``, i.e. ``gbt`` with alpha = 0.)"""
-    A, B = _check_dense(A, B)
+    A, B = _dense_system(A, B)
     dt = _check_dt_scalar(dt)
     return torch.eye(A.shape[0], dtype=A.dtype, device=A.device) + dt * A, dt * B
 
@@ -202,7 +213,8 @@ def recurrence(Ad, Bd, C, D, u, x0=None, *, return_states: bool = False):
 
     Shapes: Ā (n, n), B̄ (n, p), C (q, n), D (q, p) or None; u (L, p) or (batch, L, p);
     x0 (n,) or (batch, n). Returns y (L, q) or (batch, L, q), and the states (…, L, n) when
-    ``return_states``. The plain loop: O(L n²) work, one step after the other.
+    ``return_states``. Everything runs in one dtype, the promotion of all the inputs' (complex
+    if any is complex). The plain loop: O(L n²) work, one step after the other.
     """
     Ad, Bd = _check_dense(Ad, Bd)
     n, p = Bd.shape
@@ -221,12 +233,17 @@ def recurrence(Ad, Bd, C, D, u, x0=None, *, return_states: bool = False):
     if not batched:
         u = u[None]                                                # (1, L, p)
     b, L, _ = u.shape
-    dtype = torch.promote_types(Ad.dtype, u.dtype)
-    x = torch.zeros(b, n, dtype=dtype, device=u.device) if x0 is None else _tensor("x0", x0).to(dtype)
+    x0 = None if x0 is None else _tensor("x0", x0)
+    # one dtype for everything: a complex x0, C or D makes the run complex (never cast to real)
+    dtype = Ad.dtype
+    for t in (Bd, C, D, u, x0):
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    x = torch.zeros(b, n, dtype=dtype, device=u.device) if x0 is None else x0.to(dtype)
     if x.shape not in ((n,), (b, n)):
         raise ValueError(f"x0 must have shape (n,) = ({n},) or (batch, n), got shape {tuple(x.shape)}")
     x = x.expand(b, n)
-    Ad, Bd, C, u = Ad.to(dtype), Bd.to(dtype), C.to(torch.promote_types(C.dtype, dtype)), u.to(dtype)
+    Ad, Bd, C, u = Ad.to(dtype), Bd.to(dtype), C.to(dtype), u.to(dtype)
     xs = []
     for k in range(L):
         x = x @ Ad.T + u[:, k] @ Bd.T                              # (b, n)
@@ -234,7 +251,7 @@ def recurrence(Ad, Bd, C, D, u, x0=None, *, return_states: bool = False):
     X = torch.stack(xs, dim=1) if L else u.new_zeros(b, 0, n)     # (b, L, n)
     y = X @ C.T                                                    # (b, L, q)
     if D is not None:
-        y = y + u @ D.to(y.dtype).T
+        y = y + u @ D.to(dtype).T
     if not batched:
         y, X = y[0], X[0]
     return (y, X) if return_states else y
@@ -283,7 +300,7 @@ def recurrence_diag(Ad, Bd, C, D, u, *, return_last_state: bool = False):
 # how fast each method converges as dt shrinks
 # ----------------------------------------------------------------------------------------
 
-def convergence_order(ssm, u_fn: Callable, T: float, dts, method: str = "zoh"):
+def convergence_order(ssm, u_fn: Callable, T: float, dts, method: str = "zoh") -> tuple[torch.Tensor, float | None]:
     """Measure the error of a discretization against the exact continuous solution.
 
     For each step dt in ``dts`` (T/dt must be a whole number of steps), sample the input
@@ -295,7 +312,10 @@ def convergence_order(ssm, u_fn: Callable, T: float, dts, method: str = "zoh"):
 
     Returns ``(errors, order)``: errors (len(dts),) float64 tensor of |y_discrete(T) − y(T)|
     (max over outputs), and the fitted slope of log(error) against log(dt): the method's
-    order of accuracy (error ∝ dt^order).
+    order of accuracy (error ∝ dt^order). A slope needs at least two different steps (else
+    ValueError). When an error is at the level of float64 rounding (the method is exact for this
+    input, e.g. ZOH with a constant input) there is no slope to measure: ``order`` is None then,
+    never a number fitted to rounding noise.
     """
     from ssm_tutor.continuous import ContinuousSSM, simulate
 
@@ -303,10 +323,19 @@ def convergence_order(ssm, u_fn: Callable, T: float, dts, method: str = "zoh"):
         raise TypeError(f"ssm must be a ContinuousSSM, got {type(ssm).__name__}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    dts = [_check_dt_scalar(dt) for dt in dts]
+    if len(set(dts)) < 2:
+        raise ValueError(f"dts must hold at least two different steps to fit an order (a slope), got {dts}")
     A, B, C = ssm.A.double(), ssm.B.double(), ssm.C.double()
     sys64 = ContinuousSSM(A, B, C, ssm.D.double())
+    def u_at(t):                                                   # (L,) -> (L, p), real
+        u = torch.as_tensor(u_fn(t))
+        if u.is_complex():
+            raise TypeError(f"u_fn must return real inputs, got complex dtype {u.dtype}")
+        return u.reshape(-1, ssm.p)
+
     fine = torch.linspace(0.0, T, 4001, dtype=torch.float64)
-    y_exact = simulate(sys64, u_fn(fine).reshape(-1, ssm.p), fine)[-1]   # (q,)
+    y_exact = simulate(sys64, u_at(fine), fine)[-1]                # (q,)
     errors = []
     for dt in dts:
         steps = round(T / dt)
@@ -314,9 +343,12 @@ def convergence_order(ssm, u_fn: Callable, T: float, dts, method: str = "zoh"):
             raise ValueError(f"T / dt must be a whole number of steps, got T={T}, dt={dt}")
         Ad, Bd = METHODS[method](A, B, dt)
         t = dt * torch.arange(1, steps + 1, dtype=torch.float64)  # sample at the end of each step
-        y = recurrence(Ad, Bd, C, sys64.D, u_fn(t).reshape(-1, ssm.p))[-1]
+        y = recurrence(Ad, Bd, C, sys64.D, u_at(t).to(torch.float64))[-1]
         errors.append((y - y_exact).abs().max().item())
     errors = torch.tensor(errors, dtype=torch.float64)
+    rounding = 1e3 * torch.finfo(torch.float64).eps * max(1.0, y_exact.abs().max().item())
+    if errors.min() <= rounding:
+        return errors, None                                        # exact: no order to fit
     logdt = torch.log(torch.as_tensor(list(dts), dtype=torch.float64))
     slope = torch.linalg.lstsq(torch.stack([logdt, torch.ones_like(logdt)], 1), torch.log(errors)[:, None]).solution
     return errors, float(slope[0, 0])

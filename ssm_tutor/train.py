@@ -12,11 +12,12 @@ The loop (:func:`train`) is the whole recipe, readable in one screen:
         AdamW step (weight decay on matrices, not on norms/biases/A_log/D/Δ-bias)
         every `eval_every` steps: loss and accuracy on a fixed evaluation batch
 
-Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json`` and
-``COMMAND.txt`` into ``--out``)::
+Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json``, ``eval.json`` and
+``COMMAND.txt`` into ``--out``, which must be new or empty unless ``--overwrite``)::
 
-    python -m ssm_tutor.train --task selective_copying --model mamba --steps 400 --out checkpoints/sc_mamba
-    python -m ssm_tutor.train --task induction_heads --model transformer --out checkpoints/ih_transformer
+    # the recipe of the shipped checkpoints/sc_mamba (eval.json: accuracy 0.996)
+    python -m ssm_tutor.train --task selective_copying --model mamba --d-model 64 --lr 0.01 --steps 600 --out runs/sc_mamba
+    python -m ssm_tutor.train --task induction_heads --model transformer --out runs/ih_transformer
     python -m ssm_tutor.train --task selective_copying --model ssm --mixer lti --no-gated --out /tmp/s4
     # a curriculum: continue a length-64 checkpoint at length 256 (the model flags must match it)
     python -m ssm_tutor.train --task induction_heads --seq-len 256 --init-from checkpoints/ih_mamba_64 --out /tmp/ih256
@@ -30,8 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,11 +73,17 @@ def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_rati
 def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean of -log softmax(logits)[target] over the scored positions (targets != IGNORE) only.
 
-    logits: (N, L, V) float; targets: (N, L) int64 with IGNORE = -100 where not scored.
+    logits: (N, L, V) float; targets: (N, L) int64 with IGNORE = -100 where not scored. A batch
+    with no scored position has no mean (PyTorch would return NaN): that raises ValueError.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits must have shape (*targets.shape, V) = {tuple(targets.shape)} + (V,), "
                          f"got {tuple(logits.shape)}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"targets must hold integer class ids (int64), got dtype {targets.dtype}")
+    if not (targets != IGNORE).any():
+        raise ValueError(f"targets has no scored positions (all {targets.numel()} are IGNORE = {IGNORE}): "
+                         f"the masked mean would be 0/0")
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
 
 
@@ -137,10 +146,21 @@ def evaluate(model: nn.Module, batch: TaskBatch, batch_size: int = 64) -> tuple[
     return float(masked_cross_entropy(logits, batch.targets)), tasks.masked_accuracy(logits, batch.targets)
 
 
+def _check_clip(clip) -> None:  # TODO(validate): a positive finite number, or None
+    """clip = 0 would zero every gradient (the model would silently not learn): refuse it."""
+    if clip is not None and not (isinstance(clip, (int, float)) and not isinstance(clip, bool)
+                                 and 0 < clip < math.inf):
+        raise ValueError(f"clip must be a positive gradient norm, or None for no clipping; got {clip!r}")
+
+
 def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr: float = 3e-3,
-          warmup: int = 40, weight_decay: float = 0.1, clip: float = 1.0, eval_every: int = 50,
+          warmup: int = 40, weight_decay: float = 0.1, clip: float | None = 1.0, eval_every: int = 50,
           eval_examples: int = 256, seed: int = 0, progress: bool = True) -> dict:
-    """Train ``model`` in place on ``task`` (seed, n -> TaskBatch); return the log (losses, evaluations)."""
+    """Train ``model`` in place on ``task`` (seed, n -> TaskBatch); return the log (losses, evaluations).
+
+    ``clip``: the largest gradient norm a step may use (> 0), or None for no clipping.
+    """
+    _check_clip(clip)
     torch.manual_seed(seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
@@ -155,7 +175,8 @@ def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr:
         loss = masked_cross_entropy(model(batch.inputs), batch.targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         opt.step()
@@ -215,42 +236,61 @@ TASK_DEFAULTS = {"selective_copying": dict(seq_len=32, vocab_size=10, num_tokens
                  "induction_heads": dict(seq_len=256, vocab_size=16)}
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows every default, except where the help text already says it (or there is none)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ssm_tutor.train",
-                                description="Train a model on one of the Mamba paper's synthetic tasks and save it.")
+    p = argparse.ArgumentParser(prog="python -m ssm_tutor.train", formatter_class=_HelpWithDefaults,
+                                description="Train a model on one of the Mamba paper's synthetic tasks and save it. "
+                                            "README.md's Training section gives a recipe that reproduces a shipped "
+                                            "checkpoint; each checkpoints/*/COMMAND.txt is the command that made it.")
     p.add_argument("--task", choices=TASKS, help="the task to train on (required unless --evaluate)")
-    p.add_argument("--model", default="mamba", choices=MODELS)
-    p.add_argument("--out", help="checkpoint directory to write (required unless --evaluate)")
+    p.add_argument("--model", default="mamba", choices=MODELS, help="the model to build")
+    p.add_argument("--out", metavar="DIR",
+                   help="checkpoint directory to write (required unless --evaluate); checked before training: it "
+                        "must be writable, and empty or new unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into --out even if it already holds files (the checkpoint's files are replaced)")
     e = p.add_argument_group("evaluate a saved induction-heads checkpoint at many lengths instead of training")
     e.add_argument("--evaluate", metavar="DIR", help="checkpoint directory; writes DIR/extrapolation.json")
     e.add_argument("--lengths", type=_lengths, default=[2 ** k for k in range(5, 15)],
-                   help="comma-separated sequence lengths (default 32,64,…,16384)")
+                   help="comma-separated sequence lengths (default: 32,64,…,16384)")
     e.add_argument("--recurrent", action="store_true", help="evaluate with the recurrent step mode (constant memory)")
     t = p.add_argument_group("task sizes (defaults depend on --task)")
-    t.add_argument("--seq-len", type=_positive_int, help="selective copying: noise length (32); induction heads: length (256)")
-    t.add_argument("--vocab-size", type=_positive_int, help="tokens, incl. noise/marker or trigger (10 / 16)")
-    t.add_argument("--num-tokens", type=_positive_int, help="selective copying: data tokens to copy (4)")
+    t.add_argument("--seq-len", type=_positive_int,
+                   help="selective copying: noise length (default: 32); induction heads: length (default: 256)")
+    t.add_argument("--vocab-size", type=_positive_int,
+                   help="tokens, incl. noise/marker or trigger (default: 10 for selective copying, 16 for induction heads)")
+    t.add_argument("--num-tokens", type=_positive_int, help="selective copying: data tokens to copy (default: 4)")
     m = p.add_argument_group("model")
-    m.add_argument("--d-model", type=_positive_int, default=64)
-    m.add_argument("--n-layers", type=_positive_int, default=2)
+    m.add_argument("--d-model", type=_positive_int, default=64, help="model width")
+    m.add_argument("--n-layers", type=_positive_int, default=2, help="number of blocks")
     m.add_argument("--d-state", type=_positive_int, default=8, help="SSM state size N (mamba, ssm)")
     m.add_argument("--dt-min", type=_positive_float, default=0.001,
                    help="(mamba) smallest initial Δ; a smaller one starts some channels with a longer memory")
     m.add_argument("--dt-max", type=_positive_float, default=0.1, help="(mamba) largest initial Δ")
     m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer)")
-    m.add_argument("--pos-encoding", default="rope", choices=baselines.POS_ENCODINGS, help="(transformer)")
-    m.add_argument("--mixer", default="selective", choices=baselines.MIXERS, help="(ssm)")
+    m.add_argument("--pos-encoding", default="rope", choices=baselines.POS_ENCODINGS, help="(transformer) positions")
+    m.add_argument("--mixer", default="selective", choices=baselines.MIXERS, help="(ssm) the inner layer")
     m.add_argument("--gated", default=True, action=argparse.BooleanOptionalAction, help="(ssm) gate with SiLU(z)")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--steps", type=_positive_int, default=400)
-    o.add_argument("--batch-size", type=_positive_int, default=32)
-    o.add_argument("--lr", type=_positive_float, default=3e-3)
-    o.add_argument("--warmup", type=_non_negative_int, default=40)
-    o.add_argument("--weight-decay", type=_non_negative_float, default=0.1)
-    o.add_argument("--clip", type=_positive_float, default=1.0, help="max gradient norm")
-    o.add_argument("--eval-every", type=_positive_int, default=50)
-    o.add_argument("--eval-examples", type=_positive_int, default=256)
-    o.add_argument("--seed", type=_non_negative_int, default=0)
+    o.add_argument("--steps", type=_positive_int, default=400, help="training steps")
+    o.add_argument("--batch-size", type=_positive_int, default=32, help="examples per step")
+    o.add_argument("--lr", type=_positive_float, default=3e-3, help="peak learning rate")
+    o.add_argument("--warmup", type=_non_negative_int, default=40, help="linear warm-up steps")
+    o.add_argument("--weight-decay", type=_non_negative_float, default=0.1, help="AdamW weight decay (matrices only)")
+    o.add_argument("--clip", type=_positive_float, default=1.0,
+                   help="largest gradient norm per step (> 0: a norm of 0 would zero every gradient)")
+    o.add_argument("--eval-every", type=_positive_int, default=50, help="steps between evaluations during training")
+    o.add_argument("--eval-examples", type=_positive_int, default=256,
+                   help="examples in the evaluation batch during training (with --evaluate: per length)")
+    o.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the initialisation and the batches")
     o.add_argument("--init-from", metavar="DIR",
                    help="start from this checkpoint's weights instead of a fresh initialisation (a curriculum: "
                         "train at a short length first, then continue at a longer one); the model flags must match it")
@@ -285,7 +325,10 @@ def extrapolation(directory, lengths, num_examples: int = 64, recurrent: bool = 
 EVAL_LENGTHS = (32, 128, 512)   # induction heads: the standard evaluation's lengths
 
 
-def evaluate_checkpoint(directory, num_examples: int = 128) -> dict:
+STANDARD_EVAL_EXAMPLES = 128   # examples in the standard evaluation (eval.json)
+
+
+def evaluate_checkpoint(directory, num_examples: int = STANDARD_EVAL_EXAMPLES) -> dict:
     """The standard evaluation of a saved checkpoint on the seeded evaluation set (seed EVAL_SEED),
     what the notebook prints and ``eval.json`` records:
 
@@ -360,6 +403,7 @@ def _run(args, argv):
         p.error(f"argument --dt-min: must be at most --dt-max ({args.dt_max}), got {args.dt_min}")
     if args.model == "transformer" and args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model ({args.d_model}), got {args.n_heads}")
+    _check_out(Path(args.out), args.overwrite, p)
     try:
         task = make_task(args.task, **sizes)
         task(0, 1)                                  # let the generator check the sizes now
@@ -382,13 +426,55 @@ def _run(args, argv):
     log["args"] = vars(args)
     log["parameters"] = sum(p.numel() for p in model.parameters())
     out = Path(args.out)
+    (out / "extrapolation.json").unlink(missing_ok=True)   # --overwrite: it measured the previous model
     save_model(model, out)
     (out / "train_log.json").write_text(json.dumps(log) + "\n")
     (out / "COMMAND.txt").write_text("python -m ssm_tutor.train " + shlex.join(argv) + "\n")
-    (out / "eval.json").write_text(json.dumps(evaluate_checkpoint(out)) + "\n")
-    print(f"saved {args.model} to {out}: final eval accuracy {log['eval_accuracy'][-1]:.3f} "
-          f"after {args.steps} steps ({log['seconds']} s)")
+    evaluation = evaluate_checkpoint(out)
+    (out / "eval.json").write_text(json.dumps(evaluation) + "\n")
+    print(_final_report(args, sizes, log, evaluation))
     return log
+
+
+def _check_out(directory: Path, overwrite: bool, p: argparse.ArgumentParser) -> None:
+    """--out, checked before any training: not a file or a broken link, empty or new unless
+    ``overwrite``, and in a place this process can write (tried with a temporary directory)."""
+    if directory.is_symlink() and not directory.exists():
+        p.error(f"argument --out: {str(directory)!r} is a broken symbolic link")
+    if directory.exists() and not directory.is_dir():
+        p.error(f"argument --out: {str(directory)!r} exists and is not a directory")
+    if directory.is_dir() and not overwrite:
+        held = sorted(q.name for q in directory.iterdir())
+        if held:
+            p.error(f"argument --out: {str(directory)!r} already holds files ({', '.join(held[:4])}"
+                    f"{', …' if len(held) > 4 else ''}); pass --overwrite to replace the checkpoint there, "
+                    f"or choose a new directory")
+    existing = directory
+    while not existing.exists():                       # the nearest part of the path that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        p.error(f"argument --out: cannot create {str(directory)!r}: {str(existing)!r} is a file")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ssm-tutor-write-test-", dir=existing))
+    except OSError as err:
+        p.error(f"argument --out: cannot write in {str(existing)!r} ({err.strerror or err})")
+
+
+def _final_report(args, sizes: dict, log: dict, evaluation: dict) -> str:
+    """What the command prints at the end: eval.json's numbers, and the last evaluation made during
+    training (on another example set, so it may differ), each saying what it measured."""
+    at_length = f" of length {sizes['seq_len']}" if args.task == "induction_heads" else ""
+    during = (f"the last evaluation during training gave accuracy {log['eval_accuracy'][-1]:.3f} on its own "
+              f"{args.eval_examples} examples{at_length}")
+    if args.task == "selective_copying":
+        standard = (f"eval.json: accuracy {evaluation['accuracy']:.3f} ({STANDARD_EVAL_EXAMPLES} seeded examples, "
+                    f"seed {EVAL_SEED}, {STANDARD_EVAL_EXAMPLES * sizes['num_tokens']} copied tokens)")
+    else:
+        standard = ("eval.json: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items())
+                    + f" ({STANDARD_EVAL_EXAMPLES // 2} seeded examples per length, seed {EVAL_SEED})")
+    return (f"saved {args.model} to {args.out} after {args.steps} steps ({log['seconds']} s)\n"
+            f"  {standard}\n"
+            f"  ({during}: a different example set, so the two numbers may differ)")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,58 @@ def test_exercise_without_cases_is_an_error_not_a_pass():
     exercise("99.2", "an exercise whose generator yields nothing")(lambda: iter(()))
     with pytest.raises(RuntimeError, match="no test cases"):
         check_exercise("99.2", lambda x: x)
+
+
+def test_a_second_exercise_with_a_taken_id_is_refused_at_registration():
+    def _other_cases():
+        yield "n=1", (torch.ones(1),), {}, torch.ones(1)
+
+    with pytest.raises(ValueError, match=r"exercise id '99\.1' is already registered by .*_square_cases"):
+        exercise("99.1", "another exercise")(_other_cases)
+    assert check_exercise("99.1", lambda x: x**2, verbose=False).passed      # the first one is intact
+    exercise("99.1", "square a tensor")(_square_cases)                      # the same one again is fine
+
+
+def test_an_answer_that_never_returns_fails_at_the_time_limit():
+    import time
+
+    def forever(x):
+        while True:
+            try:
+                time.sleep(0.01)
+            except Exception:        # a learner's catch-all does not swallow the time limit
+                pass
+
+    start = time.monotonic()
+    result = check_exercise("99.1", forever, verbose=False, time_limit=0.5)
+    assert time.monotonic() - start < 10
+    assert result.status == "FAIL"
+    assert "case 1 (n=1) did not finish within the time limit of 0.5 s" in result.message
+
+
+def test_the_time_limit_must_be_positive_and_can_come_from_the_environment(monkeypatch):
+    with pytest.raises(ValueError, match="time_limit must be a positive number"):
+        check_exercise("99.1", lambda x: x**2, time_limit=0)
+    monkeypatch.setenv("SSM_TUTOR_TIME_LIMIT", "-1")
+    with pytest.raises(ValueError, match="SSM_TUTOR_TIME_LIMIT must be a positive number"):
+        check_exercise("99.1", lambda x: x**2)
+    monkeypatch.setenv("SSM_TUTOR_TIME_LIMIT", "0.3")
+    assert "time limit of 0.3 s" in check_exercise("99.1", _sleep_forever, verbose=False).message
+
+
+def _sleep_forever(x):
+    import time
+    while True:
+        time.sleep(0.01)
+
+
+def test_results_go_to_the_private_file_not_only_to_the_screen(tmp_path, monkeypatch):
+    import json
+    import ssm_tutor.exercises as exercises
+
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setattr(exercises, "_RESULTS_FILE", str(results))
+    check_exercise("99.1", lambda x: x**2, verbose=False)
+    check_exercise("99.1", lambda x: x * 2, verbose=False)
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["id"], r["status"]) for r in records] == [("99.1", "PASS"), ("99.1", "FAIL")]

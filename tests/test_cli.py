@@ -157,6 +157,68 @@ def test_student_command_writes_copies_and_refuses_bad_paths(tmp_path, capsys):
         assert expected in capsys.readouterr().err, argv
 
 
+def _course(tmp_path):
+    src = tmp_path / "course"
+    src.mkdir()
+    nbformat.write(synthetic_notebook(), src / "97_synthetic.ipynb")
+    return src, (src / "97_synthetic.ipynb").read_bytes()
+
+
+@pytest.mark.parametrize("case", ["out_is_the_input_directory_spelt_differently", "out_is_a_symlink",
+                                  "out_reaches_the_input_directory_through_a_linked_parent",
+                                  "copy_is_a_symlink_to_the_input", "copy_is_a_dangling_symlink",
+                                  "copy_is_a_hard_link_to_the_input", "two_inputs_with_one_name"])
+def test_student_never_writes_onto_an_input_or_through_a_link(tmp_path, capsys, case):
+    src, original = _course(tmp_path)
+    out = tmp_path / "student"
+    inputs = [str(src)]
+    if case == "out_is_the_input_directory_spelt_differently":
+        out = src / "sub" / ".."
+    elif case == "out_is_a_symlink":                    # to a directory that is not an input's
+        (tmp_path / "real").mkdir()
+        out.symlink_to(tmp_path / "real", target_is_directory=True)
+    elif case == "out_reaches_the_input_directory_through_a_linked_parent":
+        (tmp_path / "elsewhere").symlink_to(tmp_path, target_is_directory=True)
+        out = tmp_path / "elsewhere" / "course"        # not a link itself; its parent is
+    elif case == "copy_is_a_symlink_to_the_input":
+        out.mkdir()
+        (out / "97_synthetic.ipynb").symlink_to(src / "97_synthetic.ipynb")
+    elif case == "copy_is_a_dangling_symlink":
+        out.mkdir()
+        (out / "97_synthetic.ipynb").symlink_to(tmp_path / "planted.ipynb")
+    elif case == "copy_is_a_hard_link_to_the_input":
+        out.mkdir()
+        os.link(src / "97_synthetic.ipynb", out / "97_synthetic.ipynb")
+    elif case == "two_inputs_with_one_name":
+        (tmp_path / "other").mkdir()
+        nbformat.write(synthetic_notebook(wrong_answer=True), tmp_path / "other" / "97_synthetic.ipynb")
+        inputs.append(str(tmp_path / "other"))
+    assert cli.main(["student", *inputs, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing" in err or "would overwrite each other" in err, err
+    assert (src / "97_synthetic.ipynb").read_bytes() == original          # the input is untouched
+    assert not (tmp_path / "planted.ipynb").exists()                     # nothing written through a link
+    assert not (tmp_path / "real").exists() or not any((tmp_path / "real").iterdir())
+    assert sorted(p.name for p in src.iterdir()) == ["97_synthetic.ipynb"]
+
+
+def test_student_may_write_into_a_subdirectory_of_the_inputs(tmp_path):
+    src, original = _course(tmp_path)
+    assert cli.main(["student", str(src), "--out", str(src / "student")]) == 0
+    assert "raise NotImplementedError()" in (src / "student" / "97_synthetic.ipynb").read_text()
+    assert (src / "97_synthetic.ipynb").read_bytes() == original
+
+
+def test_student_replaces_an_existing_copy_by_a_new_file(tmp_path):
+    src, _ = _course(tmp_path)
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "97_synthetic.ipynb").write_text("an old copy")
+    assert cli.main(["student", str(src), "--out", str(out)]) == 0
+    assert "raise NotImplementedError()" in (out / "97_synthetic.ipynb").read_text()
+    assert sorted(p.name for p in out.iterdir()) == ["97_synthetic.ipynb"]   # no temporary file left
+
+
 # --------------------------------------------------------------------------- the checker
 def test_check_reports_each_exercise_and_fails_on_a_wrong_answer(tmp_path):
     """One execution: 97.1 passes, 97.2 is wrong, and a cell outside the exercises raises."""
@@ -169,6 +231,48 @@ def test_check_reports_each_exercise_and_fails_on_a_wrong_answer(tmp_path):
                      done.stdout), done.stdout
     assert "ERROR cell" in done.stdout and "ValueError: a cell outside the exercises broke" in done.stdout
     assert "1 passed, 1 failed, 0 not attempted, 1 other errors" in done.stdout
+
+
+def test_check_timeout_and_time_limit_must_be_positive(capsys):
+    for flag, value in (("--timeout", "0"), ("--timeout", "-5"), ("--time-limit", "0"), ("--time-limit", "nan")):
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["check", flag, value, str(NOTEBOOKS[0])])
+        assert stop.value.code == 2
+        assert f"argument {flag}: expected a positive" in capsys.readouterr().err
+
+
+def test_check_cannot_be_fooled_by_printed_lines_or_a_redefined_checker_and_stops_endless_loops(tmp_path):
+    """One execution of a notebook that cheats: 97.1's answer is wrong and a cell redefines
+    check_exercise to print a PASS line; 97.2's wrong answer prints a PASS line itself (before the
+    real checker's FAIL line, in the grade cell); 97.3's answer never returns. Nothing passes."""
+    nb = synthetic_notebook(wrong_answer=True)
+    sol = next(i for i, c in enumerate(nb.cells) if cli.is_solution_cell(c) and "square" in c.source)
+    nb.cells[sol].source = nb.cells[sol].source.replace("return x * x", "return x * 3")
+    forge = "print('Exercise {id} [PASS] {title}: matches the reference on 1 cases')"
+    nb.cells.insert(sol + 1, new_code_cell(
+        "def check_exercise(ex_id, fn):\n    " + forge.format(id="' + ex_id + '", title="square")))
+    grade_971 = next(i for i, c in enumerate(nb.cells) if is_grade(c) and "97.1" in c.source)
+    nb.cells.insert(grade_971 + 1, new_code_cell("from ssm_tutor.exercises import check_exercise"))
+    add_one = next(c for c in nb.cells if cli.is_solution_cell(c) and "add_one" in c.source)
+    add_one.source = add_one.source.replace("return x + 2", forge.format(id="97.2", title="add one")
+                                            + "\n    return x + 2")
+    nb.cells[-1:-1] = [
+        new_code_cell("@exercise('97.3', 'returns')\ndef _returns_cases():\n"
+                      "    yield ('one value', (torch.ones(1),), {}, torch.ones(1))"),
+        new_code_cell("def forever(x):\n    while True:\n        try:\n            pass\n"
+                      "        except Exception:\n            pass"),
+        new_code_cell('check_exercise("97.3", forever)', metadata=_grade_meta("ex97-3-check")),
+    ]
+    path = tmp_path / "97_cheat.ipynb"
+    nbformat.write(nb, path)
+    done = run_cli("check", "--time-limit", "3", path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "[PASS]" not in done.stdout.replace("print('Exercise", ""), done.stdout
+    assert "Exercise 97.1 [FAIL] ssm_tutor's checker recorded no result" in done.stdout, done.stdout
+    assert re.search(r"Exercise 97\.2 \[FAIL\] add one: case 1 \(three values\): output: differs", done.stdout)
+    assert re.search(r"Exercise 97\.3 \[FAIL\] returns: case 1 \(one value\) did not finish within the "
+                     r"time limit of 3 s", done.stdout), done.stdout
+    assert "0 passed, 3 failed, 0 not attempted, 0 other errors" in done.stdout, done.stdout
 
 
 def test_check_of_a_fresh_student_copy_reports_not_attempted_and_exits_zero(tmp_path):
@@ -192,7 +296,7 @@ def test_nbgrader_scores_unattempted_and_wrong_exercises_zero(tmp_path):
     assert grades == [1.0, 0.0]
     student = cli.execute_notebook(cli.make_student_copy(synthetic_notebook()), tmp_path, 120, env)
     assert [determine_grade(c)[0] for c in student.cells if is_grade(c)] == [0.0, 0.0]
-    report = cli.collect_results(student)
+    report = cli.printed_results(student)
     assert [(e.id, e.status) for e in report.exercises] == [("97.1", cli.NOT_ATTEMPTED),
                                                              ("97.2", cli.NOT_ATTEMPTED)]
 
@@ -211,9 +315,10 @@ def test_a_grade_cell_that_crashes_counts_as_a_failure():
     grade = next(c for c in nb.cells if is_grade(c))
     grade.outputs = [nbformat.v4.new_output("error", ename="NameError", evalue="name 'square' is not defined",
                                             traceback=[])]
-    report = cli.collect_results(nb)
+    report = cli.collect_results(nb, records=[])
     assert [(e.id, e.status) for e in report.exercises] == [("97.1", cli.FAIL), ("97.2", cli.FAIL)]
     assert "NameError" in report.exercises[0].line
+    assert "recorded no result" in report.exercises[1].line
 
 
 # --------------------------------------------------------------------------- the course's notebooks
@@ -262,7 +367,7 @@ def test_student_copy_contains_no_solution_code(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_outputs_show_every_exercise_passing(path):
-    report = cli.collect_results(nbformat.read(path, as_version=4), str(path))
+    report = cli.printed_results(nbformat.read(path, as_version=4), str(path))
     assert report.exercises, f"{path.name}: no exercise results in the committed outputs"
     assert all(e.status == cli.PASS for e in report.exercises), [e.line for e in report.exercises]
 
@@ -290,8 +395,9 @@ def executed_course():
 
     def run(path):
         nb = combined_notebook(nbformat.read(path, as_version=4))
-        return path, cli.collect_results(cli.execute_notebook(nb, path.parent, timeout=600, env=env),
-                                         str(path))
+        records, stopped = cli.execute_and_record(nb, path.parent, timeout=600, env=env)
+        assert stopped is None, f"{path.name}: {stopped}"
+        return path, cli.collect_results(nb, records, str(path))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return dict(pool.map(run, NOTEBOOKS))

@@ -211,3 +211,60 @@ def test_simulate_bad_input_raises():
 def test_mass_spring_damper_rejects_unphysical_parameters(args, match):
     with pytest.raises(ValueError, match=match):
         mass_spring_damper(*args)
+
+
+# ---------------------------------------------------------------------------- no silent wrong results
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_a_half_precision_system_is_computed_in_float32_and_matches_scipy(half):
+    """In float16 the matrix exponential overflowed (h(t) ≈ -4e4, then NaN); now A, B, C are
+    widened to float32 (their half values exactly) and h matches SciPy's expm of those values."""
+    A = torch.tensor([[-1.0, 0.5], [-0.5, -1.0]], dtype=half)
+    ssm = ContinuousSSM(A, torch.ones(2, 1, dtype=half), torch.ones(1, 2, dtype=half))
+    assert ssm.dtype == torch.float32
+    t = torch.linspace(0, 2, 9)
+    expected = np.stack([np.ones((1, 2)) @ scipy.linalg.expm(tk * A.double().numpy()) @ np.ones((2, 1))
+                         for tk in t.double().numpy()])
+    np.testing.assert_allclose(impulse_response(ssm, t).numpy(), expected, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.sort_complex(poles(ssm).numpy()), [-1 - 0.5j, -1 + 0.5j], atol=1e-6)
+    y = simulate(ssm, torch.ones(9, 1, dtype=half), t)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_boolean_matrices_are_refused():
+    with pytest.raises(TypeError, match="A must hold real numbers, got dtype torch.bool"):
+        ContinuousSSM(torch.eye(2, dtype=torch.bool), torch.ones(2, 1), torch.ones(1, 2))
+    with pytest.raises(TypeError, match="B must hold real numbers"):
+        ContinuousSSM(-torch.eye(2), torch.ones(2, 1, dtype=torch.bool), torch.ones(1, 2))
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: mass_spring_damper(dtype=torch.int64), "dtype must be torch.float32 or torch.float64, got torch.int64"),
+    (lambda: mass_spring_damper(dtype=torch.bool), "dtype must be torch.float32 or torch.float64"),
+    (lambda: mass_spring_damper(dtype=torch.float16), "dtype must be torch.float32 or torch.float64"),
+    (lambda: damped_oscillator(0.5, 2.0, dtype=torch.int32), "dtype must be"),
+    (lambda: oscillating_and_decaying(dtype=torch.complex64), "dtype must be"),
+    (lambda: mass_spring_damper(m=True), "m must be a finite real number, got True"),
+    (lambda: mass_spring_damper(c=0.1 + 1j), r"c must be a finite real number, got \(0.1\+1j\)"),
+    (lambda: damped_oscillator(1j, 2.0), "sigma must be a finite real number"),
+    (lambda: oscillating_and_decaying(lam=float("inf")), "lam must be a finite real number"),
+])
+def test_worked_examples_refuse_dtypes_and_numbers_that_would_change_them(build, match):
+    """mass_spring_damper(dtype=torch.int64) used to build A with c/m = 0.2 truncated to 0: an
+    undamped spring, silently."""
+    with pytest.raises(TypeError, match=match):
+        build()
+
+
+def test_worked_examples_accept_numpy_numbers():
+    ssm = mass_spring_damper(np.float32(2.0), np.int64(4), 0.5, dtype=torch.float32)
+    torch.testing.assert_close(ssm.A, torch.tensor([[0.0, 1.0], [-2.0, -0.25]]))
+
+
+def test_simulate_refuses_complex_signals_instead_of_dropping_their_imaginary_part():
+    ssm, t = mass_spring_damper(), torch.linspace(0, 1, 5)
+    with pytest.raises(TypeError, match="u must be real .* got complex dtype torch.complex128"):
+        simulate(ssm, torch.ones(5, 1, dtype=torch.complex128), t)
+    with pytest.raises(TypeError, match="x0 must be real"):
+        simulate(ssm, torch.ones(5, 1), t, x0=torch.ones(2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="x0 contains NaN or infinite values"):
+        simulate(ssm, torch.ones(5, 1), t, x0=[float("nan"), 0.0])

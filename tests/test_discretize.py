@@ -228,3 +228,50 @@ def test_recurrence_bad_input_raises():
         recurrence_diag(Ad, Bd, torch.ones(4, 2), None, torch.ones(1, 4, 10))
     with pytest.raises(ValueError, match=r"D must have shape \(d,\) = \(4,\)"):
         recurrence_diag(Ad, Bd, torch.ones(4, 3), torch.ones(3), torch.ones(1, 4, 10))
+
+
+# ---------------------------------------------------------------------------- no silent wrong results
+@pytest.mark.parametrize("method", ["zoh", "bilinear", "euler"])
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_a_half_precision_system_is_discretized_in_float32(method, half):
+    """zoh used to return NaN (float16) or inf (bfloat16) and bilinear to crash inside LAPACK;
+    the system's half values are now discretized in float32 and match SciPy on those values."""
+    A = torch.tensor([[-1.0, 0.0], [0.5, -2.0]], dtype=half)
+    B = torch.tensor([[1.0], [0.5]], dtype=half)
+    Ad, Bd = METHODS[method](A, B, 0.1)
+    assert Ad.dtype == Bd.dtype == torch.float32
+    ref = scipy.signal.cont2discrete((A.double().numpy(), B.double().numpy(), np.eye(2), np.zeros((2, 1))),
+                                     0.1, method={"zoh": "zoh", "bilinear": "bilinear", "euler": "euler"}[method])
+    np.testing.assert_allclose(Ad.numpy(), ref[0], atol=1e-6, rtol=1e-5)
+    if method != "bilinear":       # SciPy's bilinear B̄ has another scaling (see the module docstring)
+        np.testing.assert_allclose(Bd.numpy(), ref[1], atol=1e-6, rtol=1e-5)
+
+
+def test_recurrence_keeps_a_complex_initial_state_and_feedthrough():
+    """A complex x0 or D used to be cast to the real dtype of Ā and u (imaginary part dropped).
+    By linearity, the complex run equals real run + i · (run of the imaginary parts)."""
+    Ad, Bd = zoh(GOOD_A, GOOD_B, 0.1)
+    C = torch.ones(1, 3, dtype=torch.float64)
+    u = torch.randn(6, 2, dtype=torch.float64)
+    x_re, x_im = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    y = recurrence(Ad, Bd, C, None, u, x0=torch.complex(x_re, x_im))
+    expected = recurrence(Ad, Bd, C, None, u, x0=x_re) + 1j * recurrence(Ad, Bd, C, None, torch.zeros_like(u), x0=x_im)
+    torch.testing.assert_close(y, expected)
+    D = torch.tensor([[0.5 + 2j, -1j]], dtype=torch.complex128)
+    y = recurrence(Ad, Bd, C, D, u)
+    torch.testing.assert_close(y, recurrence(Ad, Bd, C, D.real.contiguous(), u) + 1j * (u @ D.imag.T))
+
+
+def test_convergence_order_needs_two_steps_a_real_input_and_a_measurable_error():
+    ssm = mass_spring_damper(1.0, 4.0, 0.5)
+    smooth = lambda t: torch.sin(2 * t)[:, None]  # noqa: E731
+    for dts in ([0.01], [0.01, 0.01], []):          # one slope from one point used to come out as ≈ 12
+        with pytest.raises(ValueError, match="at least two different steps"):
+            convergence_order(ssm, smooth, 1.0, dts, "euler")
+    with pytest.raises(TypeError, match="u_fn must return real inputs"):
+        convergence_order(ssm, lambda t: torch.ones(t.shape[0], 1, dtype=torch.complex128), 1.0, [0.02, 0.01])
+    step = lambda t: torch.ones(t.shape[0], 1, dtype=t.dtype)  # noqa: E731
+    errors, order = convergence_order(ssm, step, 1.0, [0.02, 0.01], "zoh")     # exact: rounding only
+    assert errors.max() < 1e-9 and order is None
+    _, order = convergence_order(ssm, smooth, 1.0, [np.float64(0.02), 0.01], "euler")   # numpy steps are numbers
+    assert 0.9 < order < 1.2

@@ -42,6 +42,29 @@ def test_masked_cross_entropy_averages_only_the_scored_positions():
         masked_cross_entropy(logits[:, :4], targets)
 
 
+def test_masked_cross_entropy_refuses_a_batch_with_nothing_to_score():
+    logits = torch.randn(2, 3, 5)
+    with pytest.raises(ValueError, match="no scored positions"):           # PyTorch alone returns NaN
+        masked_cross_entropy(logits, torch.full((2, 3), IGNORE))
+    with pytest.raises(TypeError, match="targets must hold integer class ids"):
+        masked_cross_entropy(logits, torch.zeros(2, 3))
+
+
+def test_clip_zero_is_refused_and_none_means_no_clipping():
+    task = make_task("induction_heads", seq_len=8, vocab_size=4)
+
+    def run(clip):
+        torch.manual_seed(0)
+        model = SSMLM(4, d_model=8, n_layers=1, d_state=2, mixer="lti")
+        return train(model, task, steps=3, warmup=1, eval_every=3, eval_examples=8, progress=False, clip=clip)
+
+    for bad in (0, 0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="clip must be a positive gradient norm, or None"):
+            run(bad)
+    assert run(None)["loss"] == run(1e30)["loss"]                  # None: never clipped
+    assert run(None)["loss"] != run(1e-3)["loss"]                  # (and clipping does change the run)
+
+
 # ---------------------------------------------------------------------------------------------- the loop learns
 def _initial_and_final_loss(model, task, **kw):
     batch = task(EVAL_SEED, 128)
@@ -82,11 +105,15 @@ def test_training_is_seeded():
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def test_command_writes_a_checkpoint_its_log_and_its_command(tmp_path):
+def test_command_writes_a_checkpoint_its_log_and_its_command(tmp_path, capsys):
     argv = ["--task", "induction_heads", "--model", "ssm", "--mixer", "lti", "--no-gated", "--seq-len", "8",
             "--vocab-size", "4", "--d-model", "8", "--n-layers", "1", "--d-state", "2", "--steps", "3",
             "--warmup", "1", "--eval-every", "2", "--eval-examples", "8", "--no-progress", "--out", str(tmp_path)]
     main(argv)
+    printed = capsys.readouterr().out
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert "eval.json: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items()) in printed
+    assert "64 seeded examples per length" in printed and "a different example set" in printed
     assert (tmp_path / "COMMAND.txt").read_text().startswith("python -m ssm_tutor.train --task induction_heads")
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["step"] == [1, 2, 3] and log["eval_step"] == [2, 3] and log["task"]["seq_len"] == 8
@@ -123,6 +150,81 @@ def test_init_from_continues_from_the_saved_weights(tmp_path, monkeypatch):
           "--eval-examples", "4", "--no-progress", "--init-from", str(tmp_path / "stage1"), "--out", str(tmp_path / "stage3")])
     assert seen.keys() == saved.keys() and all(torch.equal(seen[k], saved[k]) for k in saved)
     assert "--init-from" in (tmp_path / "stage3" / "COMMAND.txt").read_text()
+
+
+def test_command_prints_the_selective_copying_accuracy_that_eval_json_records(tmp_path, capsys):
+    main(["--task", "selective_copying", "--model", "ssm", "--seq-len", "6", "--num-tokens", "2", "--vocab-size", "4",
+          "--d-model", "8", "--n-layers", "1", "--d-state", "2", "--steps", "2", "--warmup", "1", "--eval-every", "2",
+          "--eval-examples", "4", "--no-progress", "--out", str(tmp_path / "sc")])
+    printed = capsys.readouterr().out
+    accuracy = json.loads((tmp_path / "sc" / "eval.json").read_text())["accuracy"]
+    assert f"eval.json: accuracy {accuracy:.3f} (128 seeded examples, seed {EVAL_SEED}, 256 copied tokens)" in printed
+    assert "on its own 4 examples: a different example set" in printed
+
+
+@pytest.mark.parametrize("case", ["holds_files", "is_a_file", "under_a_file", "broken_link"])
+def test_out_is_checked_before_training(tmp_path, capsys, monkeypatch, case):
+    import ssm_tutor.train as train_module
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("training started although --out is unusable")
+
+    monkeypatch.setattr(train_module, "train", must_not_train)
+    out = tmp_path / "out"
+    message = {"holds_files": "already holds files (old.txt); pass --overwrite",
+               "is_a_file": "exists and is not a directory",
+               "under_a_file": "is a file", "broken_link": "is a broken symbolic link"}[case]
+    if case == "holds_files":
+        out.mkdir()
+        (out / "old.txt").write_text("x")
+    elif case == "is_a_file":
+        out.write_text("x")
+    elif case == "under_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    else:
+        out.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(SystemExit):
+        main(["--task", "induction_heads", "--model", "ssm", "--seq-len", "8", "--vocab-size", "4", "--steps", "2",
+              "--warmup", "1", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert "argument --out" in err and message in err, err
+
+
+def test_overwrite_replaces_a_checkpoint_and_drops_its_stale_extrapolation(tmp_path):
+    _tiny_ssm_checkpoint(tmp_path / "ck")
+    (tmp_path / "ck" / "extrapolation.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        _tiny_ssm_checkpoint(tmp_path / "ck")                           # not without --overwrite
+    main(["--task", "induction_heads", "--model", "ssm", "--seq-len", "8", "--vocab-size", "4", "--d-model", "8",
+          "--n-layers", "1", "--d-state", "2", "--steps", "2", "--warmup", "1", "--eval-every", "2",
+          "--eval-examples", "4", "--no-progress", "--out", str(tmp_path / "ck"), "--overwrite", "--seed", "5"])
+    assert "--seed 5" in (tmp_path / "ck" / "COMMAND.txt").read_text()
+    assert not (tmp_path / "ck" / "extrapolation.json").exists()
+
+
+def test_help_shows_every_default(monkeypatch, capsys):
+    from ssm_tutor.train import parser
+
+    monkeypatch.setenv("COLUMNS", "400")                                # no wrapped help text
+    p = parser()
+    with pytest.raises(SystemExit):
+        p.parse_args(["--help"])
+    blocks = {}                                                         # option -> its help text
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  -"):
+            option = line.split()[0].rstrip(",")
+            blocks[option] = line
+        elif line.startswith("    ") and blocks:
+            blocks[option] += line
+    for action in p._actions:
+        if action.default is None or action.default is False or not action.option_strings or action.dest == "help":
+            continue
+        text = blocks[action.option_strings[0]]
+        assert "default" in text, f"--help does not show the default of {action.option_strings[0]}: {text!r}"
+    assert "(default: 0)" in blocks["--seed"]
+    for flag in ("--seq-len", "--vocab-size", "--num-tokens"):          # defaults that depend on --task
+        assert "default: " in blocks[flag]
 
 
 @pytest.mark.parametrize("flags, message", [
