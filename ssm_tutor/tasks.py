@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["TaskBatch", "selective_copying", "induction_heads", "mqar", "occurs_again",
+__all__ = ["TaskBatch", "selective_copying", "induction_heads", "mqar", "mqar_mixture", "occurs_again",
            "occurs_again_causal_ceiling", "IGNORE", "NOISE", "MARKER", "TRIGGER",
            "masked_accuracy"]
 
@@ -164,6 +164,23 @@ def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, se
     return TaskBatch(inputs, targets)
 
 
+def mqar_mixture(num_examples: int, seq_len: int, pair_counts, vocab_size: int, seed: int = 0) -> TaskBatch:
+    """MQAR examples mixing several pair counts in equal shares (as Zoology trains), concatenated
+    in the order of ``pair_counts``: the first ones get one example more when the shares do not
+    divide evenly. Share i is ``mqar(…, seed=100·seed + i)``."""
+    pair_counts = [pair_counts] if isinstance(pair_counts, int) else list(pair_counts)
+    if not pair_counts or len(pair_counts) > 100:
+        raise ValueError(f"pair_counts must list 1 to 100 pair counts, got {pair_counts!r}")
+    _check_positive(num_examples=num_examples)
+    if num_examples < len(pair_counts):
+        raise ValueError(f"num_examples ({num_examples}) must be at least the number of pair counts "
+                         f"({len(pair_counts)}) so that each gets an example")
+    k = len(pair_counts)
+    parts = [mqar(num_examples // k + (i < num_examples % k), seq_len, P, vocab_size, seed=100 * seed + i)
+             for i, P in enumerate(pair_counts)]
+    return TaskBatch(torch.cat([b.inputs for b in parts]), torch.cat([b.targets for b in parts]))
+
+
 def occurs_again(num_examples: int, seq_len: int = 32, vocab_size: int = 16, seed: int = 0) -> TaskBatch:
     """Token labelling: does this token occur again later in the sequence?
 
@@ -222,7 +239,9 @@ def model_logits(model, batch: TaskBatch, batch_size: int = 64) -> torch.Tensor:
     _check_positive(batch_size=batch_size)
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(batch.inputs[i:i + batch_size]) for i in range(0, len(batch.inputs), batch_size)])
+    device = next(model.parameters()).device                      # run where the model is, answer on the CPU
+    logits = torch.cat([model(batch.inputs[i:i + batch_size].to(device)).cpu()
+                        for i in range(0, len(batch.inputs), batch_size)])
     model.train(was_training)
     return logits
 
