@@ -110,7 +110,7 @@ def induction_heads(num_examples: int, seq_len: int = 256, vocab_size: int = 16,
 
 
 def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, seed: int = 0,
-         power_a: float = 0.01) -> TaskBatch:
+         power_a: float = 0.01, random_non_queries: bool = True) -> TaskBatch:
     """Multi-query associative recall (MQAR) examples, as Zoology defines them.
 
     Token ids: keys come from [1, vocab_size/2), values from [vocab_size/2, vocab_size) (integer
@@ -122,8 +122,10 @@ def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, se
       drawn (without replacement) from the power law p(g) ∝ a·(g+1)^(a-1), g = 0 … S-1,
       S = (seq_len - 2P) // 2 and a = ``power_a`` (0.01: most queries come soon after the pairs,
       a few much later, as repeated bigrams do in text);
-    * every other position holds a random token from [0, vocab_size) (Zoology's
-      ``random_non_queries``), so a key id can also turn up as noise.
+    * every other position holds a random token from [0, vocab_size), so a key id can also turn
+      up as noise (Zoology's ``random_non_queries``, its generator's default); with
+      ``random_non_queries=False`` it holds 0, a token no key or value uses (the setting of
+      Zoology's Figure 2 runs).
 
     targets: at a query position the value paired with the queried key; IGNORE everywhere else
     (the model reads the key and must *predict* its value, like a next-token prediction).
@@ -156,6 +158,8 @@ def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, se
     query_pos = context + 2 * gaps                                                       # (N, P)
 
     inputs = torch.randint(0, vocab_size, (N, seq_len), generator=g)                     # the noise
+    if not random_non_queries:
+        inputs.zero_()
     inputs[:, 0:context:2] = keys
     inputs[:, 1:context:2] = values
     inputs.scatter_(1, query_pos, keys)                  # key i is queried at query_pos[:, i]
@@ -164,7 +168,8 @@ def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, se
     return TaskBatch(inputs, targets)
 
 
-def mqar_mixture(num_examples: int, seq_len: int, pair_counts, vocab_size: int, seed: int = 0) -> TaskBatch:
+def mqar_mixture(num_examples: int, seq_len: int, pair_counts, vocab_size: int, seed: int = 0,
+                 random_non_queries: bool = True) -> TaskBatch:
     """MQAR examples mixing several pair counts in equal shares (as Zoology trains), concatenated
     in the order of ``pair_counts``: the first ones get one example more when the shares do not
     divide evenly. Share i is ``mqar(…, seed=100·seed + i)``."""
@@ -176,7 +181,8 @@ def mqar_mixture(num_examples: int, seq_len: int, pair_counts, vocab_size: int, 
         raise ValueError(f"num_examples ({num_examples}) must be at least the number of pair counts "
                          f"({len(pair_counts)}) so that each gets an example")
     k = len(pair_counts)
-    parts = [mqar(num_examples // k + (i < num_examples % k), seq_len, P, vocab_size, seed=100 * seed + i)
+    parts = [mqar(num_examples // k + (i < num_examples % k), seq_len, P, vocab_size, seed=100 * seed + i,
+                  random_non_queries=random_non_queries)
              for i, P in enumerate(pair_counts)]
     return TaskBatch(torch.cat([b.inputs for b in parts]), torch.cat([b.targets for b in parts]))
 

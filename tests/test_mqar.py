@@ -100,3 +100,25 @@ def test_impossible_sizes_are_named(args, message):
 def test_bad_power_is_named():
     with pytest.raises(ValueError, match="power_a"):
         mqar(4, 64, 8, 256, power_a=0.0)
+
+
+def test_without_random_filler_every_non_query_after_the_pairs_is_zero():
+    """Zoology's Figure 2 setting (random_non_queries=False): the filler is token 0, which no key uses."""
+    noisy = mqar(50, 64, 8, 256, seed=9)
+    clean = mqar(50, 64, 8, 256, seed=9, random_non_queries=False)
+    assert torch.equal(noisy.targets, clean.targets)                   # same pairs, same queries
+    query = clean.targets != IGNORE
+    assert torch.equal(noisy.inputs[query], clean.inputs[query])
+    assert (clean.inputs[:, 16:][~query[:, 16:]] == 0).all()
+    assert (clean.inputs[:, :16] > 0).all()
+
+
+def test_a_mixture_has_equal_shares_in_order():
+    from ssm_tutor.tasks import mqar_mixture
+
+    batch = mqar_mixture(10, 64, [4, 8, 16], 256, seed=2)
+    scored = (batch.targets != IGNORE).sum(1).tolist()
+    assert scored == [4] * 4 + [8] * 3 + [16] * 3
+    assert torch.equal(batch.inputs[4:7], mqar(3, 64, 8, 256, seed=201).inputs)
+    with pytest.raises(ValueError, match="at least the number of pair counts"):
+        mqar_mixture(2, 64, [4, 8, 16], 256)
