@@ -540,7 +540,7 @@ def _run(args, argv):
         p.error(f"argument --warmup: must be smaller than --steps ({args.steps}), got {args.warmup}")
     for flag, name in (("--dt-min", "dt_min"), ("--dt-max", "dt_max")):
         if args.model not in ("mamba", "bimamba") and getattr(args, name) != p.get_default(name):
-            p.error(f"argument {flag}: only --model mamba and bimamba have a Δ initialisation range; "
+            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range (bimamba too); "
                     f"{args.model!r} ignores it")
     if args.dt_min > args.dt_max:
         p.error(f"argument --dt-min: must be at most --dt-max ({args.dt_max}), got {args.dt_min}")
