@@ -9,8 +9,16 @@ Peers: ``selective_scan_ref`` (stage 4, materialises (b, d, l, n)) and, when ins
 CUDA kernel ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``. Repetitions are interleaved
 (A, B, C, A, B, C, ...) and the median is reported. For every run it prints the effective bandwidth,
 i.e. the traffic model's *minimum* bytes (what the fused kernel must move, ``ssm_tutor.kernels.traffic``)
-divided by the measured time, and that as a percentage of the GPU's peak bandwidth.
+divided by the measured time, and that as a percentage of the GPU's peak bandwidth; and the roofline
+model's predicted lower bound (``ssm_tutor.kernels.roofline``: the largest of the memory,
+special-function, shuffle and launch ceilings), so that a GPU run tests the model.
+Before timing anything on a GPU it checks the compiled kernel's values and gradients against
+``selective_scan_ref`` on the device, with the state in one program and split over two (the
+compiled reverse scan of the backward is not covered by the CPU tests, which run the interpreter).
 Goals (stage 6): forward within 1.5x of the official kernel, and >= 60 % of the bound.
+
+    python benchmarks/bench_triton_gpu.py --batch 1 --dim 1536 --n-split 1    # the state split
+    python benchmarks/bench_triton_gpu.py --batch 1 --dim 1536 --n-split 2    # ... measured both ways
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--block-d", type=int, default=None, help="override the kernel's BLOCK_D (power of 2)")
     p.add_argument("--chunk", type=int, default=None, help="override the kernel's CHUNK (power of 2)")
     p.add_argument("--num-warps", type=int, default=None)
+    p.add_argument("--n-split", type=int, default=None,
+                   help="override how many programs share the state indices of a block of channels")
     p.add_argument("--gpu", choices=["H100", "A100", "auto"], default="auto",
                    help="whose peak bandwidth the bound uses (auto: from the device name, else H100)")
     p.add_argument("--cpu-check", "--dry-run", dest="cpu_check", action="store_true",
@@ -53,6 +63,8 @@ def parse_args(argv=None):
     for name in ("batch", "dim", "dstate", "reps"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.n_split is not None and not 1 <= args.n_split <= args.dstate:
+        p.error(f"--n-split must be between 1 and --dstate = {args.dstate}, got {args.n_split}")
     if any(L < 1 for L in args.lengths):
         p.error(f"--lengths must be positive, got {args.lengths}")
     for name in ("block_d", "chunk"):
@@ -89,7 +101,7 @@ def implementations(args):
     """name -> callable(**inputs) with the standard signature (softplus on)."""
     from ssm_tutor.kernels import selective_scan_triton
     from ssm_tutor.selective import selective_scan_ref
-    tiles = dict(block_d=args.block_d, chunk=args.chunk, num_warps=args.num_warps)
+    tiles = dict(block_d=args.block_d, chunk=args.chunk, num_warps=args.num_warps, n_split=args.n_split)
     impls = {"triton": lambda **kw: selective_scan_triton(**kw, delta_softplus=True, check_finite=False, **tiles),
              "reference": lambda **kw: selective_scan_ref(**kw, delta_softplus=True)}
     try:
@@ -154,7 +166,12 @@ def bench_shape(args, impls, b, d, l, n, dtype_name, device, backward, reps, war
     return results
 
 
+#: the traffic/roofline model's name for each timed implementation (the official kernel is fused too)
+MODEL_OF = {"triton": "fused", "mamba_ssm": "fused", "reference": "reference"}
+
+
 def report(args, impls, device, gpu, shapes, reps, warmup):
+    from ssm_tutor.kernels import roofline
     from ssm_tutor.kernels import traffic as T
     modes = [False] if args.no_backward else [False, True]
     rows = []
@@ -163,10 +180,12 @@ def report(args, impls, device, gpu, shapes, reps, warmup):
         dims = ", ".join(sorted({f"batch {b} d {d} n {n}" for b, d, _, n, _ in shapes}))
         print(f"\n== {what}: {dims}; "
               f"bound = traffic model's minimum bytes at {gpu}'s {T.GPU_BANDWIDTH[gpu] / 1e12:.2f} TB/s ==")
-        print(f"{'L':>6} {'dtype':>5} {'impl':>10} {'ms':>10} {'eff. GB/s':>10} {'% bound':>8} {'vs mamba_ssm':>13}")
+        print(f"{'L':>6} {'dtype':>5} {'impl':>10} {'ms':>10} {'eff. GB/s':>10} {'% bound':>8} {'vs mamba_ssm':>13} "
+              f"{'model >= ms (bound)':>30}")
         for (b, d, l, n, dt) in shapes:
             res = bench_shape(args, impls, b, d, l, n, dt, device, backward, reps, warmup)
-            minimum = T.traffic("fused", b, d, l, n, dt, backward=backward, chunk=args.chunk)
+            tiles = dict(chunk=args.chunk, n_split=args.n_split)
+            minimum = T.traffic("fused", b, d, l, n, dt, backward=backward, gpu=gpu, **tiles)
             official = res.get("mamba_ssm")
             for k, v in res.items():
                 if isinstance(v, str):
@@ -175,7 +194,10 @@ def report(args, impls, device, gpu, shapes, reps, warmup):
                 gbs = minimum.total / v / 1e9
                 pct = 100 * minimum.total / v / T.GPU_BANDWIDTH[gpu]
                 rel = f"{v / official:.2f}x" if isinstance(official, float) else "-"
-                print(f"{l:>6} {dt:>5} {k:>10} {v * 1e3:>10.3f} {gbs:>10.1f} {pct:>7.1f}% {rel:>13}")
+                model = roofline.ceilings(MODEL_OF[k], b, d, l, n, dt, gpu=gpu, backward=backward,
+                                          **(tiles if k == "triton" else {}))
+                print(f"{l:>6} {dt:>5} {k:>10} {v * 1e3:>10.3f} {gbs:>10.1f} {pct:>7.1f}% {rel:>13} "
+                      f"{model.time * 1e3:>10.3f} ({model.bound})")
                 rows.append((what, l, dt, k, v, pct, v / official if isinstance(official, float) else None))
     return rows
 
@@ -191,32 +213,53 @@ def summarize_goals(rows):
         print("  " + "; ".join(parts))
 
 
-def print_traffic(shapes, gpu):
+def print_traffic(shapes, gpu, args=None):
+    from ssm_tutor.kernels import roofline
     from ssm_tutor.kernels import traffic as T
     print(f"\n== traffic model (forward; implied time at {gpu} peak bandwidth) ==")
     for (b, d, l, n, dt) in shapes:
         r = T.compare(b, d, l, n, dt, gpu=gpu)
         cells = "  ".join(f"{k} {v[0] / 1e6:>9.1f} MB {v[1] * 1e3:>8.3f} ms" for k, v in r.items())
         print(f"  b={b} d={d} L={l:>5} n={n} {dt:>4}: {cells}  (reference/fused {r['reference'][0] / r['fused'][0]:.0f}x)")
+    print(f"\n== roofline model (forward; the largest ceiling is a lower bound on the time, {gpu}) ==")
+    for (b, d, l, n, dt) in shapes:
+        print(f"  b={b} d={d} L={l} n={n} {dt}:")
+        for impl in T.IMPLEMENTATIONS:
+            print("    " + roofline.ceilings(impl, b, d, l, n, dt, gpu=gpu).row())
+
+
+def check_on_device(device, shape=(2, 8, 77, 16), n_splits=(1, 2)):
+    """Values and gradients of the kernel against selective_scan_ref on ``device`` (float32, small
+    shapes, every option on, a length that is not a multiple of the chunk), with the state in one
+    program and split. Returns the names of what differs (empty when everything agrees)."""
+    import torch
+    from ssm_tutor.kernels import selective_scan_triton
+    from ssm_tutor.selective import selective_scan_ref
+    x = make_inputs(*shape, torch.float32, device, requires_grad=True)
+    y_ref = selective_scan_ref(**x, delta_softplus=True)
+    w = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), list(x.values()))
+    failures = []
+    for n_split in n_splits:
+        y = selective_scan_triton(**x, delta_softplus=True, n_split=n_split)
+        g = torch.autograd.grad((y * w).sum(), list(x.values()))
+        for name, a, r in [("y", y, y_ref)] + list(zip([f"grad {k}" for k in x], g, g_ref)):
+            if not torch.allclose(a, r, atol=1e-3, rtol=1e-3):
+                failures.append(f"{name} (n_split={n_split}): max |difference| {(a - r).abs().max().item():.3g}")
+    return failures
 
 
 def cpu_check(args):
     """Exercise every code path on tiny shapes under the interpreter; check values; print figures."""
     os.environ.setdefault("TRITON_INTERPRET", "1")        # before ssm_tutor.kernels defines its kernels
-    import torch
-    from ssm_tutor.selective import selective_scan_ref
-    from ssm_tutor.kernels import selective_scan_triton
     gpu = "H100" if args.gpu == "auto" else args.gpu
     print_traffic([(args.batch, args.dim, l, args.dstate, dt) for l in args.lengths for dt in args.dtypes], gpu)
-    x = make_inputs(1, 4, 24, 4, torch.float32, "cpu", requires_grad=True)
-    y = selective_scan_triton(**x, delta_softplus=True, chunk=8)
-    y_ref = selective_scan_ref(**x, delta_softplus=True)
-    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
-    g = torch.autograd.grad(y.sum(), list(x.values()))
-    g_ref = torch.autograd.grad(y_ref.sum(), list(x.values()))
-    for name, a, r in zip(x, g, g_ref):
-        torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4, msg=lambda m: f"grad {name}: {m}")
-    print("\ncpu-check: Triton kernel (interpreter) matches selective_scan_ref, values and gradients")
+    failures = check_on_device("cpu", shape=(1, 4, 21, 4))     # the interpreter is slow: tiny shapes
+    if failures:
+        print("\ncpu-check: the kernel DIFFERS from selective_scan_ref: " + "; ".join(failures))
+        return 1
+    print("\ncpu-check: Triton kernel (interpreter) matches selective_scan_ref, values and gradients, "
+          "n_split 1 and 2")
     impls = implementations(args)
     shapes = [(1, 4, 24, 4, dt) for dt in args.dtypes]
     report(args, impls, "cpu", gpu, shapes, reps=1, warmup=0)
@@ -244,12 +287,14 @@ def compile_check(args):
     ok = True
     for dt in args.dtypes:
         io = dt
-        cfg = launch_config(args.dim, args.dstate, elem_size=element_size(dt), block_d=args.block_d,
-                            chunk=args.chunk, num_warps=args.num_warps, interpreted=False)
+        cfg = launch_config(args.dim, args.dstate, batch=args.batch, elem_size=element_size(dt),
+                            block_d=args.block_d, chunk=args.chunk, num_warps=args.num_warps,
+                            n_split=args.n_split, interpreted=False)
         flags = dict(BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, CHUNK=cfg.chunk, HAS_D=True, HAS_Z=True,
                      HAS_BIAS=True, SOFTPLUS=True)
-        for kernel, extra in ((selective_scan_fwd_kernel, dict(SAVE_STATES=True)),
-                              (selective_scan_bwd_kernel, dict(HAS_DLAST=False))):
+        split = dict(SPLIT=cfg.n_split > 1)
+        for kernel, extra in ((selective_scan_fwd_kernel, dict(SAVE_STATES=True, **split)),
+                              (selective_scan_bwd_kernel, dict(HAS_DLAST=False, **split))):
             consts = dict(flags, **extra)
             sig, attrs = {}, {}
             for i, name in enumerate(kernel.arg_names):
@@ -276,7 +321,8 @@ def compile_check(args):
             info = " ".join(line.split(":", 1)[-1].strip() for line in res.stderr.splitlines()
                             if "registers" in line or "spill" in line)
             ok &= res.returncode == 0
-            print(f"{kernel.fn.__name__:<28} {dt:>4} BLOCK_D={cfg.block_d:<3} CHUNK={cfg.chunk:<4} "
+            print(f"{kernel.fn.__name__:<28} {dt:>4} BLOCK_D={cfg.block_d:<3} BLOCK_N={cfg.block_n:<3} "
+                  f"n_split={cfg.n_split} CHUNK={cfg.chunk:<4} "
                   f"warps={cfg.num_warps}: {'compiled' if res.returncode == 0 else 'ptxas FAILED'}; {info}")
     return 0 if ok else 1
 
@@ -295,6 +341,11 @@ def main(argv=None):
     name = torch.cuda.get_device_name()
     gpu = args.gpu if args.gpu != "auto" else ("A100" if "A100" in name else "H100")
     print(f"device: {name}; torch {torch.__version__}")
+    failures = check_on_device("cuda")
+    if failures:
+        print("the compiled kernel DIFFERS from selective_scan_ref on this GPU; not timing it: " + "; ".join(failures))
+        return 1
+    print("compiled kernel matches selective_scan_ref on this GPU: values and gradients, n_split 1 and 2")
     impls = implementations(args)
     shapes = [(args.batch, args.dim, l, args.dstate, dt) for l in args.lengths for dt in args.dtypes]
     print_traffic(shapes, gpu)

@@ -4,8 +4,11 @@ Notebook: ``notebooks/06_triton_kernel.ipynb``.
 
 * :func:`selective_scan_triton` — the fused forward kernel and the recomputing backward kernel,
   as a ``torch.autograd.Function`` with the standard selective-scan signature.
+* :func:`launch_config` — tile sizes and grid (``kernels/config.py``);
 * :mod:`ssm_tutor.kernels.traffic` — bytes moved to and from GPU memory by each implementation,
-  and the time that implies at a GPU's bandwidth.
+  and the time that implies at a GPU's bandwidth;
+* :mod:`ssm_tutor.kernels.roofline` — what else bounds the time (exponentials, warp shuffles,
+  kernel launches), with the GPU figures of :mod:`ssm_tutor.kernels.gpus`.
 
 Importing this package is cheap: Triton is imported only when a kernel is first asked for.
 On a machine without a CUDA GPU set ``TRITON_INTERPRET=1`` *before* that first use (before
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["selective_scan_triton", "launch_config", "traffic"]
+__all__ = ["selective_scan_triton", "launch_config", "traffic", "roofline", "gpus"]
 
 
 def __getattr__(name):
@@ -31,6 +34,6 @@ def __getattr__(name):
                 f"ssm_tutor.kernels.{name} needs Triton (pip install 'ssm-tutor[triton]'): {err}"
             ) from err
         return getattr(selective_scan, name)
-    if name == "traffic":
-        return importlib.import_module(__name__ + ".traffic")
+    if name in ("traffic", "roofline", "gpus"):
+        return importlib.import_module(__name__ + "." + name)
     raise AttributeError(f"module 'ssm_tutor.kernels' has no attribute {name!r}")

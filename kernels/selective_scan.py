@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
-from ssm_tutor.selective import validate_scan_args
+from ssm_tutor.validate import validate_scan_args
 
-from .config import LaunchConfig, launch_config
+from .config import LaunchConfig, grid_size, launch_config
 from .selective_scan_bwd import selective_scan_bwd_kernel
 from .selective_scan_fwd import selective_scan_fwd_kernel
 
@@ -38,6 +37,13 @@ _INTERPRETER_HELP = (
 )
 
 
+def _sm_count(u: torch.Tensor) -> int | None:
+    """Streaming multiprocessors of u's CUDA device (None on a CPU: launch_config assumes an H100)."""
+    if u.device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(u.device).multi_processor_count
+
+
 def _check_device(u: torch.Tensor) -> None:
     if u.device.type == "cpu":
         if not INTERPRETED:
@@ -53,10 +59,11 @@ class SelectiveScanTriton(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, config, save):
         b, d, l, n, groups = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=False)
         compute = torch.float64 if u.dtype == torch.float64 else torch.float32
-        cfg = config if config is not None else launch_config(d, n, groups, elem_size=u.element_size(),
-                                                               interpreted=INTERPRETED)
+        cfg = config if config is not None else launch_config(
+            d, n, groups, batch=b, elem_size=u.element_size(), sm_count=_sm_count(u), interpreted=INTERPRETED)
         g = max(groups, 1)
         n_chunks = -(-l // cfg.chunk)
+        split = cfg.n_split > 1
         # Contiguous copies in the kernel's layouts; B, C become (b, g, n, l) even when ungrouped.
         u_, delta_ = u.contiguous(), delta.contiguous()
         A_ = A.to(compute).contiguous()                                     # (d, n) sets the compute dtype
@@ -65,17 +72,19 @@ class SelectiveScanTriton(torch.autograd.Function):
         z_ = z.contiguous() if z is not None else u_
         D_ = D.contiguous() if D is not None else A_
         bias_ = delta_bias.contiguous() if delta_bias is not None else A_
-        y = torch.empty_like(u_)                                            # (b, d, l) in u's dtype
+        # y (b, d, l) in u's dtype; with the state split, one partial y per slice, summed below
+        y = torch.empty(cfg.n_split, b, d, l, device=u.device, dtype=compute) if split else torch.empty_like(u_)
         last = torch.empty(b, d, n, device=u.device, dtype=compute)         # (b, d, n)
         states = (torch.empty(b, d, n_chunks, n, device=u.device, dtype=compute) if save else last)
-        grid = (b, triton.cdiv(d, cfg.block_d))
-        selective_scan_fwd_kernel[grid](
+        selective_scan_fwd_kernel[grid_size(b, d, cfg)](
             u_, delta_, A_, B_, C_, D_, z_, bias_, y, states, last,
-            d, l, n, g, n_chunks,
+            d, l, n, g, n_chunks, cfg.states_per_program(n), b * d * l if split else 0,
             BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, CHUNK=cfg.chunk,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), SAVE_STATES=save, num_warps=cfg.num_warps,
+            SOFTPLUS=bool(delta_softplus), SAVE_STATES=save, SPLIT=split, num_warps=cfg.num_warps,
         )
+        if split:
+            y = y.sum(0).to(u.dtype)
         if save:
             keep = lambda given, made: made if given is not None else None   # contiguous copies, or None
             ctx.save_for_backward(u_, delta_, A_, B_, C_, keep(D, D_), keep(z, z_), keep(delta_bias, bias_), states)
@@ -91,44 +100,51 @@ class SelectiveScanTriton(torch.autograd.Function):
         g = max(groups, 1)
         compute = A.dtype
         n_chunks = states.shape[2]
+        S = cfg.n_split
         dy = torch.zeros_like(u) if dy is None else dy.contiguous()
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
-        dz = torch.empty_like(z) if z is not None else du
+        # du, dΔ, dz (b, d, l) in the inputs' dtypes; with the state split, (S, b, d, l) partial sums
+        parts = lambda like: (torch.empty(S, b, d, l, device=u.device, dtype=compute) if S > 1
+                              else torch.empty_like(like))
+        du, ddelta = parts(u), parts(delta)
+        dz = parts(z) if z is not None else du
         dB = torch.zeros(b, g, n, l, device=u.device, dtype=compute)       # atomics accumulate here
         dC = torch.zeros(b, g, n, l, device=u.device, dtype=compute)
         dA_part = torch.empty(b, d, n, device=u.device, dtype=compute)     # per-batch partial sums
         dD_part = torch.empty(b, d, device=u.device, dtype=compute)
-        dbias_part = torch.empty(b, d, device=u.device, dtype=compute)
+        dbias_part = torch.empty(S, b, d, device=u.device, dtype=compute)  # per slice and batch
         dlast = rest[0] if rest and rest[0] is not None else None
-        grid = (b, triton.cdiv(d, cfg.block_d))
-        selective_scan_bwd_kernel[grid](
+        selective_scan_bwd_kernel[grid_size(b, d, cfg)](
             u, delta, A, B, C, D if D is not None else A, z if z is not None else u,
             delta_bias if delta_bias is not None else A, states,
             dy, dlast.contiguous() if dlast is not None else A,
             du, ddelta, dz, dB, dC, dA_part, dD_part, dbias_part,
-            d, l, n, g, n_chunks,
+            d, l, n, g, n_chunks, cfg.states_per_program(n), b * d * l if S > 1 else 0, b * d,
             BLOCK_D=cfg.block_d, BLOCK_N=cfg.block_n, CHUNK=cfg.chunk,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, HAS_DLAST=dlast is not None, num_warps=cfg.num_warps,
+            SOFTPLUS=softplus, HAS_DLAST=dlast is not None, SPLIT=S > 1, num_warps=cfg.num_warps,
         )
+        if S > 1:
+            du, ddelta = du.sum(0).to(u.dtype), ddelta.sum(0).to(delta.dtype)
+            dz = dz.sum(0).to(z.dtype) if z is not None else None
         dA = dA_part.sum(0).to(A_dtype)
         dD = dD_part.sum(0).to(D.dtype) if D is not None else None
-        dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+        dbias = dbias_part.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else None
         dB = dB.reshape(B_shape).to(B.dtype)
         dC = dC.reshape(C_shape).to(C.dtype)
         return (du, ddelta, dA, dB, dC, dD, dz if z is not None else None, dbias, None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                          return_last_state=False, *, block_d=None, chunk=None, num_warps=None,
+                          return_last_state=False, *, block_d=None, chunk=None, num_warps=None, n_split=None,
                           check_finite=None):
     """The selective scan by the fused Triton kernels (forward and backward).
 
     Args, shapes and result as :func:`ssm_tutor.selective.selective_scan_ref`: u, delta, z (b, d, l);
     A (d, n); B, C (b, n, l) or (b, g, n, l); D, delta_bias (d,). Returns y (b, d, l) in u's dtype,
     and with ``return_last_state`` also h_L (b, d, n) in float32 (float64 for float64 inputs).
-    ``block_d``, ``chunk`` (powers of two) and ``num_warps`` override the tile sizes of
-    :func:`launch_config`. Arithmetic is float32 for fp16/bf16/fp32 inputs, float64 for float64.
+    ``block_d``, ``chunk`` (powers of two), ``num_warps`` and ``n_split`` (how many programs share
+    the n state indices of one block of channels) override :func:`launch_config`'s choice.
+    Arithmetic is float32 for fp16/bf16/fp32 inputs, float64 for float64.
 
     Gradients flow to u, delta, A, B, C, D, z and delta_bias (and from the last state, when it is
     returned and used).
@@ -142,9 +158,9 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     b, d, l, n, groups = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=check_finite)
     _check_device(u)
     cfg = None
-    if block_d is not None or chunk is not None or num_warps is not None:
-        cfg = launch_config(d, n, groups, elem_size=u.element_size(), block_d=block_d, chunk=chunk,
-                            num_warps=num_warps, interpreted=INTERPRETED)
+    if any(v is not None for v in (block_d, chunk, num_warps, n_split)):
+        cfg = launch_config(d, n, groups, batch=b, elem_size=u.element_size(), block_d=block_d, chunk=chunk,
+                            num_warps=num_warps, n_split=n_split, sm_count=_sm_count(u), interpreted=INTERPRETED)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
     return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus,

@@ -1,7 +1,8 @@
 """The backward kernel of the selective scan: recompute the states, then scan in reverse.
 
-Same grid as the forward (one program = one batch element × BLOCK_D channels), but it walks
-the chunks from last to first. For chunk c, and inside it for each state index k, it
+Same grid as the forward (one program = one batch element × BLOCK_D channels × one slice of the
+state indices), but it walks the chunks from last to first. For chunk c, and inside it for each
+state index k of its slice, it
 
 1. restarts the forward from the saved checkpoint h_{start of c}[:, k] (zeros for c = 0) and
    recomputes Ā, B̄u and the chunk's states h_t on the chip (recomputation instead of storing a
@@ -24,6 +25,9 @@ Reductions that cross programs:
   order of those float additions, hence the last bits of ∂B and ∂C, vary from run to run.)
 * ∂A (d, n), ∂D and ∂delta_bias (d,) are sums over the batch: each program writes its partial
   sum to a (b, d, n) / (b, d) buffer that PyTorch sums over b afterwards. Small and deterministic.
+* With the state split in S slices, ∂u, ∂Δ, ∂z and ∂delta_bias are sums over the slices (each is
+  linear in the slice's G and h): program s writes slice s of an (S, b, d, l) / (S, b, d) buffer
+  that the wrapper sums, and only slice 0 adds the skip's terms (D ∂y to ∂u, ∂y u to ∂D).
 """
 
 import triton
@@ -37,25 +41,37 @@ def selective_scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, states_ptr,   # forward inputs
     dy_ptr, dlast_ptr,                                                            # incoming grads
     du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_part_ptr, dD_part_ptr, dbias_part_ptr,  # outputs
-    dim, length, dstate, groups, n_chunks,
+    dim, length, dstate, groups, n_chunks, states_per, dl_slice, d_slice,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DLAST: tl.constexpr,
+    HAS_DLAST: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    # Layouts as in the forward; du, ddelta, dz, dy (b, d, l); dB, dC (b, groups, n, l) in the
-    # compute dtype (atomics); dA_part (b, d, n), dD_part and dbias_part (b, d).
+    # Layouts as in the forward; dy (b, d, l); du, ddelta, dz (b, d, l), or (S, b, d, l) with
+    # SPLIT, slices dl_slice elements apart; dB, dC (b, groups, n, l) in the compute dtype
+    # (atomics); dA_part (b, d, n); dD_part (b, d); dbias_part (S, b, d), slices d_slice apart.
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)          # (BD,)
-    offs_n = tl.arange(0, BLOCK_N)                            # (BN,)
+    if SPLIT:   # my state indices are k_first ... k_stop - 1, my share of du, ddelta, dz is slice pid_s
+        k_first = pid_s * states_per
+        k_stop = tl.minimum(k_first + states_per, dstate)
+        du_ptr += pid_s * dl_slice
+        ddelta_ptr += pid_s * dl_slice
+        dz_ptr += pid_s * dl_slice
+        dbias_part_ptr += pid_s * d_slice
+    else:       # (a separate branch: the slice offsets alone cost registers)
+        k_first = 0
+        k_stop = dstate
+    offs_n = tl.arange(0, BLOCK_N)                            # (BN,) column j holds state k_first + j
     offs_t = tl.arange(0, CHUNK)                              # (T,)
     mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
+    mask_dn = mask_d[:, None] & (k_first + offs_n < k_stop)[None, :]
     group = (pid_d * BLOCK_D) // (dim // groups)
     acc = A_ptr.dtype.element_ty
 
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(acc)
+    if HAS_D:   # only slice 0 carries the skip's terms (the other slices load zeros)
+        D = tl.load(D_ptr + offs_d, mask=mask_d & (pid_s == 0), other=0.0).to(acc)
     else:
         D = tl.zeros((BLOCK_D,), dtype=acc)
     if HAS_BIAS:
@@ -67,11 +83,12 @@ def selective_scan_bwd_kernel(
     bc_start = (pid_b * groups + group) * dstate * length
     state_row = (pid_b * dim + offs_d) * n_chunks * dstate
     dn_row = (pid_b * dim + offs_d) * dstate                   # rows of (b, d, n) buffers
+    dn_cols = dn_row[:, None] + k_first + offs_n[None, :]      # (BD, BN) my columns of them
 
-    # G_carry[:, k] = ∂L/∂h at the first position of the chunk after this one (for the final
+    # G_carry[:, j] = ∂L/∂h at the first position of the chunk after this one (for the final
     # chunk: the last state's gradient, which the padded positions pass through unchanged).
     if HAS_DLAST:
-        G_carry = tl.load(dlast_ptr + dn_row[:, None] + offs_n[None, :], mask=mask_dn, other=0.0).to(acc)
+        G_carry = tl.load(dlast_ptr + dn_cols, mask=mask_dn, other=0.0).to(acc)
     else:
         G_carry = tl.zeros((BLOCK_D, BLOCK_N), dtype=acc)
     dA_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=acc)
@@ -105,7 +122,8 @@ def selective_scan_bwd_kernel(
         ddt = tl.zeros((BLOCK_D, CHUNK), dtype=acc)
         y_ssm = tl.zeros((BLOCK_D, CHUNK), dtype=acc)
 
-        for k in range(0, dstate):
+        for k in range(k_first, k_stop):
+            j = k - k_first                                    # its column in G_carry, dA_acc
             A_k = tl.load(A_ptr + offs_d * dstate + k, mask=mask_d, other=0.0)                # (BD,)
             B_k = tl.load(B_ptr + bc_start + k * length + t, mask=mask_t, other=0.0).to(acc)  # (T,)
             C_k = tl.load(C_ptr + bc_start + k * length + t, mask=mask_t, other=0.0).to(acc)  # (T,)
@@ -125,8 +143,8 @@ def selective_scan_bwd_kernel(
             g = dy_ssm * C_k[None, :]                          # ∂L/∂h_t through y_t only
             a_rev, G = tl.associative_scan((dA_next, g), axis=1, combine_fn=linear_recurrence_combine,
                                            reverse=True)
-            G = G + a_rev * column(G_carry, offs_n, k)[:, None]  # ∂L/∂h_t, whole future included
-            G_carry = set_column(G_carry, offs_n, k, tl.sum(tl.where(offs_t[None, :] == 0, G, 0.0), axis=1))
+            G = G + a_rev * column(G_carry, offs_n, j)[:, None]  # ∂L/∂h_t, whole future included
+            G_carry = set_column(G_carry, offs_n, j, tl.sum(tl.where(offs_t[None, :] == 0, G, 0.0), axis=1))
 
             # 4. gradients of this chunk's inputs
             tl.atomic_add(dB_ptr + bc_start + k * length + t, tl.sum(G * dtu, axis=0), mask=mask_t)
@@ -134,10 +152,10 @@ def selective_scan_bwd_kernel(
             Gah = G * (hs - dBu)                               # G_t Ā_t h_{t-1}: (BD, T)
             du += GB * dt
             ddt += GB * u + Gah * A_k[:, None]
-            dA_acc = set_column(dA_acc, offs_n, k, column(dA_acc, offs_n, k) + tl.sum(Gah * dt, axis=1))
+            dA_acc = set_column(dA_acc, offs_n, j, column(dA_acc, offs_n, j) + tl.sum(Gah * dt, axis=1))
 
         if HAS_Z:
-            y_pre = y_ssm + D[:, None] * u                     # the output before the gate
+            y_pre = y_ssm + D[:, None] * u                     # the output before the gate (my share)
             dz = dy * y_pre * sig * (1.0 + z * (1.0 - sig))    # d SiLU(z)/dz = σ(z)(1 + z(1 - σ(z)))
             tl.store(dz_ptr + tile, dz.to(dz_ptr.dtype.element_ty), mask=m_dt)
         dD_acc += tl.sum(dy_ssm * u, axis=1)
@@ -148,7 +166,7 @@ def selective_scan_bwd_kernel(
         tl.store(du_ptr + tile, du.to(du_ptr.dtype.element_ty), mask=m_dt)
         tl.store(ddelta_ptr + tile, ddt.to(ddelta_ptr.dtype.element_ty), mask=m_dt)
 
-    tl.store(dA_part_ptr + dn_row[:, None] + offs_n[None, :], dA_acc, mask=mask_dn)
+    tl.store(dA_part_ptr + dn_cols, dA_acc, mask=mask_dn)
     bd_row = pid_b * dim + offs_d
-    tl.store(dD_part_ptr + bd_row, dD_acc, mask=mask_d)
+    tl.store(dD_part_ptr + bd_row, dD_acc, mask=mask_d & (pid_s == 0))
     tl.store(dbias_part_ptr + bd_row, dbias_acc, mask=mask_d)

@@ -1,8 +1,9 @@
 """The fused forward kernel of the selective scan (stage 6; Mamba paper, Section 3.3.2).
 
-One program = one batch element × BLOCK_D channels. It walks the sequence in chunks of CHUNK
-positions. Per chunk it reads u, Δ, z (BLOCK_D × CHUNK) from global memory once, and then, for
-each state index k = 0 … n-1 in turn, reads B[k], C[k] (CHUNK values) and on the chip
+One program = one batch element × BLOCK_D channels × one slice of the state indices (all n of
+them unless the launch splits n, see ``config.launch_config``). It walks the sequence in chunks
+of CHUNK positions. Per chunk it reads u, Δ, z (BLOCK_D × CHUNK) from global memory once, and
+then, for each state index k of its slice in turn, reads B[k], C[k] (CHUNK values) and on the chip
 
     Δ  = softplus(Δ + delta_bias)                       (both optional; once per chunk)
     Ā  = exp(Δ · A[:, k]),  B̄u = Δ · u · B[k]           (BLOCK_D, CHUNK) tiles in registers
@@ -13,6 +14,10 @@ then adds D · u, multiplies by SiLU(z), and writes y. The carried state h, a (B
 lives in registers for the whole sequence; the (b, d, l, n) tensors Ā, B̄u and h of the
 reference never exist in global memory. When a backward will follow it also writes the state at
 the end of every chunk, (b, d, n_chunks, n): the checkpoints the backward restarts from.
+
+With the state split in S slices, program s writes its share of y to slice s of a
+(S, b, d, l) buffer that the wrapper sums: y = Σ_s (C·h)_s · SiLU(z) + D u · SiLU(z) is linear in
+the parts, so each program applies the gate to its own part and only slice 0 adds D u.
 
 Why loop over k instead of making (BLOCK_D, n, CHUNK) tiles: the scan then runs along the
 fastest axis of a 2-D tile, which Triton lays out with several consecutive time steps in each
@@ -34,25 +39,35 @@ from ._jit_helpers import column, discretised_delta, linear_recurrence_combine, 
 def selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,     # inputs
     y_ptr, states_ptr, last_ptr,                                       # outputs
-    dim, length, dstate, groups, n_chunks,                             # sizes
+    dim, length, dstate, groups, n_chunks, states_per, y_slice,        # sizes
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_STATES: tl.constexpr,
+    SAVE_STATES: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    # Layouts (all contiguous): u, delta, z, y (b, d, l); A (d, n); B, C (b, groups, n, l);
-    # D, bias (d,); states (b, d, n_chunks, n); last (b, d, n).
+    # Layouts (all contiguous): u, delta, z (b, d, l); y (b, d, l), or (S, b, d, l) with SPLIT,
+    # slices y_slice elements apart; A (d, n); B, C (b, groups, n, l); D, bias (d,);
+    # states (b, d, n_chunks, n); last (b, d, n).
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
+    pid_s = tl.program_id(2)                                  # which slice of the state indices
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)          # (BD,) this program's channels
-    offs_n = tl.arange(0, BLOCK_N)                            # (BN,) state index
+    if SPLIT:   # my state indices are k_first ... k_stop - 1, my output is slice pid_s
+        k_first = pid_s * states_per
+        k_stop = tl.minimum(k_first + states_per, dstate)
+        y_out = y_ptr + pid_s * y_slice
+    else:       # (a separate branch: the slice offset alone costs ~30 registers per thread)
+        k_first = 0
+        k_stop = dstate
+        y_out = y_ptr
+    offs_n = tl.arange(0, BLOCK_N)                            # (BN,) column j holds state k_first + j
     offs_t = tl.arange(0, CHUNK)                              # (T,)  position inside a chunk
     mask_d = offs_d < dim
-    mask_dn = mask_d[:, None] & (offs_n < dstate)[None, :]
+    mask_dn = mask_d[:, None] & (k_first + offs_n < k_stop)[None, :]
     group = (pid_d * BLOCK_D) // (dim // groups)              # the wrapper keeps a block inside one group
     acc = A_ptr.dtype.element_ty                              # float32, or float64 for float64 inputs
 
-    if HAS_D:
-        D = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0).to(acc)          # (BD,)
+    if HAS_D:   # only slice 0 adds the skip D u (the other slices load zeros)
+        D = tl.load(D_ptr + offs_d, mask=mask_d & (pid_s == 0), other=0.0).to(acc)   # (BD,)
     else:
         D = tl.zeros((BLOCK_D,), dtype=acc)
     if HAS_BIAS:
@@ -75,7 +90,8 @@ def selective_scan_fwd_kernel(
         dt = discretised_delta(raw, bias, m_dt, HAS_BIAS, SOFTPLUS)         # (BD, T), 0 when padded
         dtu = dt * u
         y = tl.zeros((BLOCK_D, CHUNK), dtype=acc)
-        for k in range(0, dstate):                             # one state index at a time
+        for k in range(k_first, k_stop):                       # one state index at a time
+            j = k - k_first                                    # its column in h
             A_k = tl.load(A_ptr + offs_d * dstate + k, mask=mask_d, other=0.0)                # (BD,)
             B_k = tl.load(B_ptr + bc_start + k * length + t, mask=mask_t, other=0.0).to(acc)  # (T,)
             C_k = tl.load(C_ptr + bc_start + k * length + t, mask=mask_t, other=0.0).to(acc)  # (T,)
@@ -83,18 +99,18 @@ def selective_scan_fwd_kernel(
             dBu = dtu * B_k[None, :]                           # B̄u: (BD, T)
             # (a_cum_t, h_loc_t) with h_t = a_cum_t · h_start + h_loc_t inside the chunk
             a_cum, h_loc = tl.associative_scan((dA, dBu), axis=1, combine_fn=linear_recurrence_combine)
-            hs = a_cum * column(h, offs_n, k)[:, None] + h_loc                # h_t: (BD, T)
+            hs = a_cum * column(h, offs_n, j)[:, None] + h_loc                # h_t: (BD, T)
             y += hs * C_k[None, :]                             # y_t += C_t[k] h_t[k]
             # carry the state at the chunk's last position (padding leaves it unchanged)
-            h = set_column(h, offs_n, k, tl.sum(tl.where(offs_t[None, :] == CHUNK - 1, hs, 0.0), axis=1))
+            h = set_column(h, offs_n, j, tl.sum(tl.where(offs_t[None, :] == CHUNK - 1, hs, 0.0), axis=1))
         if HAS_D:
             y += D[:, None] * u
         if HAS_Z:
             z = tl.load(z_ptr + tile, mask=m_dt, other=0.0).to(acc)
             y = y * z * tl.sigmoid(z)                          # · SiLU(z)
-        tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=m_dt)
+        tl.store(y_out + tile, y.to(y_ptr.dtype.element_ty), mask=m_dt)
         if SAVE_STATES:
-            tl.store(states_ptr + state_row[:, None] + c * dstate + offs_n[None, :], h, mask=mask_dn)
+            tl.store(states_ptr + state_row[:, None] + c * dstate + k_first + offs_n[None, :], h, mask=mask_dn)
 
     last_row = (pid_b * dim + offs_d) * dstate
-    tl.store(last_ptr + last_row[:, None] + offs_n[None, :], h, mask=mask_dn)
+    tl.store(last_ptr + last_row[:, None] + k_first + offs_n[None, :], h, mask=mask_dn)

@@ -4,7 +4,8 @@
 #   scripts/execute_notebooks.sh notebooks/04_selection.ipynb
 # Same environment as `pytest --nbval` (see conftest.py): seeded hashes, no display, no network,
 # the Triton interpreter when there is no CUDA GPU. Widget state is stored in the notebook, so
-# JupyterLab and the book show the controls without re-running the cell.
+# JupyterLab (in a trusted notebook) and the book show the controls without re-running the cell;
+# then scripts/normalize_notebooks.py makes the notebook open in JupyterLab without "unsaved changes".
 # Then check the result on other vector paths too (DESIGN.md):
 #   ATEN_CPU_CAPABILITY=default pytest --nbval <notebook>;  ATEN_CPU_CAPABILITY=avx2 pytest --nbval <notebook>
 set -euo pipefail
@@ -16,4 +17,5 @@ for nb in "$@"; do
   echo "== $nb"
   python -m nbconvert --to notebook --execute --inplace \
     --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.store_widget_state=True "$nb"
+  python scripts/normalize_notebooks.py "$nb"
 done

@@ -20,18 +20,20 @@ Two language models with the interface of :class:`ssm_tutor.mamba.MambaLM`
   with the length (:func:`cache_nbytes`), while an SSM keeps a fixed-size state.
 
 * :class:`SSMLM`: the generic SSM language model used for the paper's Table 1, one code path
-  for four variants, so the comparison is like for like. Each block is Mamba's block
-  (RMSNorm → in_proj → causal depthwise conv → SiLU → SSM → [× SiLU(z)] → out_proj, residual)
-  and two switches change only what the table varies:
+  for four variants, so the comparison is like for like. It *is* the Mamba model of stage 7
+  (:class:`ssm_tutor.mamba.MambaLM`: RMSNorm → in_proj → causal depthwise conv → SiLU → SSM →
+  [× SiLU(z)] → out_proj, residual), and two switches change only what the table varies:
 
-  - ``mixer="selective"`` (S6): Δ, B, C are computed from the input at every step;
-    ``mixer="lti"`` (S4D-Real): Δ (one per channel), B and C are learned constants, so the
-    whole SSM is one fixed convolution kernel (computed with an FFT).
+  - ``mixer="selective"`` (S6, :class:`ssm_tutor.mamba.MambaMixer`): Δ, B, C are computed from
+    the input at every step; ``mixer="lti"`` (S4D-Real, :class:`ssm_tutor.mamba.LTIMambaMixer`,
+    stage 3's LTI layer): Δ (one per channel), B and C are learned constants, so the whole SSM is
+    one fixed convolution kernel (computed with an FFT).
   - ``gated=True`` (the Mamba block): the SSM's output is multiplied by SiLU(z) of a second
     branch; ``gated=False`` (the "no gate" architecture of Table 1): that branch is dropped.
 
-  ``SSMLM(mixer="selective", gated=True)`` is architecturally the Mamba block; both mixers use
-  the same initialisation of A (S4D-Real: A = -(1, 2, …, N)) and Δ ∈ [0.001, 0.1].
+  ``SSMLM(mixer="selective", gated=True)`` is the Mamba model; both mixers use the same
+  initialisation of A (S4D-Real: A = -(1, 2, …, N)) and Δ ∈ [0.001, 0.1]. Its cache is the
+  Mamba family's :class:`ssm_tutor.mamba.MambaCache`.
 
 Both models save to a directory as ``config.json`` + ``model.safetensors`` (see
 :func:`save_pretrained` and :func:`load_pretrained`): the config holds ``model_type``
@@ -41,50 +43,22 @@ safetensors file holds the ``state_dict`` without ``lm_head.weight`` (tied to th
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_tutor.scan import selective_scan
-from ssm_tutor.tasks import _check_positive   # "name must be a positive integer, got …"
+from ssm_tutor.checkpoint import CheckpointError, load_state, read_config, read_tensors, write_checkpoint
+from ssm_tutor.mamba import MambaCache, MambaConfig, MambaLM
+from ssm_tutor.validate import check_cache, check_choice, check_positive, check_token_ids
 
-__all__ = ["TransformerLM", "TransformerBlock", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "check_input_ids",
-           "save_pretrained", "load_pretrained", "lti_kernel"]
+__all__ = ["TransformerLM", "TransformerBlock", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "legacy_ssmlm_key",
+           "save_pretrained", "load_pretrained", "MIXERS", "POS_ENCODINGS"]
 
 POS_ENCODINGS = ("rope", "learned", "sinusoidal")
 MIXERS = ("selective", "lti")
-
-
-# ----------------------------------------------------------------------------------------------
-# input checks shared by every model
-# ----------------------------------------------------------------------------------------------
-def check_input_ids(input_ids, vocab_size: int, name: str = "input_ids", dim: int = 2) -> None:
-    """Raise a clear error unless ``input_ids`` is an integer tensor of ``dim`` dims with ids in [0, vocab)."""
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(input_ids).__name__}")
-    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids (e.g. torch.long), got dtype {input_ids.dtype}")
-    shape = "(batch, length)" if dim == 2 else "(batch,)"
-    if input_ids.dim() != dim:
-        raise ValueError(f"{name} must have shape {shape}, got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= vocab_size):
-        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got values in "
-                         f"[{int(input_ids.min())}, {int(input_ids.max())}]")
-
-
-def check_step_arguments(token_ids, vocab_size: int, cache, cache_type: type, cache_name: str) -> None:
-    """The checks every ``step(token_ids, cache)`` makes: ids (b,) in range, and a cache of the
-    right type (``cache_name``, e.g. "a KVCache") made for the same batch."""
-    check_input_ids(token_ids, vocab_size, "token_ids", dim=1)
-    if not isinstance(cache, cache_type):
-        raise TypeError(f"cache must be {cache_name} from init_cache, got {type(cache).__name__}")
-    if cache.batch != token_ids.shape[0]:
-        raise ValueError(f"token_ids has batch {token_ids.shape[0]} but the cache was made for batch {cache.batch}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,7 +187,7 @@ class TransformerLM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, n_heads: int = 4,
                  max_len: int = 256, pos_encoding: str = "rope"):
         super().__init__()
-        _check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=max_len)
+        check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_len=max_len)
         if pos_encoding not in POS_ENCODINGS:
             raise ValueError(f"pos_encoding must be one of {POS_ENCODINGS}, got {pos_encoding!r}")
         if d_model % n_heads:
@@ -222,6 +196,7 @@ class TransformerLM(nn.Module):
             raise ValueError(f"RoPE needs an even head dimension, got d_model / n_heads = {d_model // n_heads}")
         self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads,
                            max_len=max_len, pos_encoding=pos_encoding)
+        self.arguments = self.config                            # what save_pretrained records
         self.vocab_size, self.max_len, self.pos_encoding = vocab_size, max_len, pos_encoding
         self.embedding = nn.Embedding(vocab_size, d_model)
         if pos_encoding == "learned":
@@ -246,7 +221,7 @@ class TransformerLM(nn.Module):
         return x
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_input_ids(input_ids, self.vocab_size)
+        check_token_ids(input_ids, self.vocab_size)
         x = self._embed(input_ids, 0)
         for layer in self.layers:
             x = layer(x)
@@ -254,7 +229,7 @@ class TransformerLM(nn.Module):
 
     def init_cache(self, batch: int, capacity: int | None = None) -> KVCache:
         """An empty KV cache for ``batch`` sequences, room for ``capacity`` tokens (default max_len)."""
-        _check_positive(batch=batch)
+        check_positive(batch=batch)
         cap = capacity or self.max_len
         p = self.embedding.weight
         a = self.layers[0].attn
@@ -263,7 +238,8 @@ class TransformerLM(nn.Module):
 
     def step(self, token_ids: torch.Tensor, cache: KVCache):
         """One token per sequence: token_ids (b,) -> (logits (b, vocab), cache updated in place)."""
-        check_step_arguments(token_ids, self.vocab_size, cache, KVCache, "a KVCache")
+        check_token_ids(token_ids, self.vocab_size, name="token_ids", dim=1)
+        check_cache(cache, KVCache, token_ids.shape[0])
         cache.reserve(cache.length + 1)                                        # full: double the room
         x = self._embed(token_ids[:, None], cache.length)                      # (b, 1, d_model)
         for i, layer in enumerate(self.layers):
@@ -280,173 +256,64 @@ def _init_weights(module):
 
 
 # ----------------------------------------------------------------------------------------------
-# the generic SSM language model (Table 1's variants)
+# the generic SSM language model (Table 1's variants): the Mamba model with two switches
 # ----------------------------------------------------------------------------------------------
-def lti_kernel(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, delta: torch.Tensor, length: int) -> torch.Tensor:
-    """The convolution kernel of the time-invariant SSM with Ā = exp(ΔA), B̄ = ΔB (as in S6):
-
-        K[d, k] = Σ_n C[d, n] · Δ[d] B[d, n] · exp(Δ[d] A[d, n] k),   k = 0 … length-1
-
-    A, B, C: (d, n); delta: (d,) > 0. Returns (d, length). y = K * u (causal) is the SSM's output.
-    """
-    k = torch.arange(length, device=A.device, dtype=A.dtype)                             # (l,)
-    decay = torch.exp((delta[:, None] * A)[:, :, None] * k)                              # (d, n, l)
-    return torch.einsum("dn,dnl->dl", C * B * delta[:, None], decay)                     # (d, l)
+SSMCache = MambaCache   # the Mamba family's one cache type (the name of the old, separate one)
 
 
-def causal_fft_conv(u: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """y[b, d, t] = Σ_{k ≤ t} K[d, k] u[b, d, t - k], via FFT of size 2l. u: (b, d, l); K: (d, l)."""
-    l = u.shape[-1]
-    y = torch.fft.irfft(torch.fft.rfft(u, n=2 * l) * torch.fft.rfft(K, n=2 * l), n=2 * l)
-    return y[..., :l]
-
-
-@dataclass
-class SSMCache:
-    """Recurrent state of every layer: conv[i] (b, d_inner, d_conv) last inputs, ssm[i] (b, d_inner, N)."""
-    conv: list
-    ssm: list
-    length: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def batch(self) -> int:
-        return self.ssm[0].shape[0]
-
-
-class _SSMBlock(nn.Module):
-    def __init__(self, d_model, d_state, expand, d_conv, mixer, gated):
-        super().__init__()
-        e = expand * d_model
-        self.d_inner, self.d_state, self.mixer, self.gated = e, d_state, mixer, gated
-        self.dt_rank = math.ceil(d_model / 16)
-        self.norm = nn.RMSNorm(d_model, eps=1e-5)
-        self.in_proj = nn.Linear(d_model, (2 if gated else 1) * e, bias=False)
-        self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1)
-        # S4D-Real initialisation shared by both mixers: A = -(1, …, N) per channel
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1))  # (e, N)
-        self.D = nn.Parameter(torch.ones(e))
-        dt = torch.exp(torch.rand(e) * (math.log(0.1) - math.log(0.001)) + math.log(0.001))  # Δ ∈ [0.001, 0.1]
-        inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
-        if mixer == "selective":       # Δ, B, C from the input (S6)
-            self.x_proj = nn.Linear(e, self.dt_rank + 2 * d_state, bias=False)
-            self.dt_proj = nn.Linear(self.dt_rank, e)
-            with torch.no_grad():
-                self.dt_proj.bias.copy_(inv_softplus_dt)
-        else:                          # Δ, B, C learned constants (S4D)
-            self.dt_bias = nn.Parameter(inv_softplus_dt)                     # Δ = softplus(dt_bias): (e,)
-            self.B = nn.Parameter(torch.ones(e, d_state))
-            self.C = nn.Parameter(torch.randn(e, d_state) / math.sqrt(d_state))
-        self.out_proj = nn.Linear(e, d_model, bias=False)
-
-    def _ssm_params(self, x):
-        """x: (b, l, e) -> Δ (b, l, e) after softplus, B, C (b, l, N); constants broadcast for LTI."""
-        if self.mixer == "selective":
-            dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-            return F.softplus(self.dt_proj(dt)), B, C
-        return F.softplus(self.dt_bias), self.B, self.C
-
-    def forward(self, x):                                           # x: (b, l, d_model)
-        b, l, _ = x.shape
-        xz = self.in_proj(self.norm(x))                             # (b, l, e or 2e)
-        u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)    # (b, l, e) each
-        u = F.silu(self.conv1d(u.transpose(1, 2))[..., :l])         # (b, e, l)
-        A = -torch.exp(self.A_log)                                  # (e, N)
-        if self.mixer == "selective":
-            delta, B, C = self._ssm_params(u.transpose(1, 2))       # (b, l, e), (b, l, N), (b, l, N)
-            y = selective_scan(u, delta.transpose(1, 2).contiguous(), A, B.transpose(1, 2).contiguous(),
-                                  C.transpose(1, 2).contiguous(), self.D)                 # (b, e, l)
-        else:
-            delta, B, C = self._ssm_params(None)                     # (e,), (e, N), (e, N)
-            y = causal_fft_conv(u, lti_kernel(A, B, C, delta, l)) + self.D[:, None] * u  # (b, e, l)
-        y = y.transpose(1, 2)                                       # (b, l, e)
-        if self.gated:
-            y = y * F.silu(z)
-        return x + self.out_proj(y)
-
-    def step(self, x, conv_state, ssm_state):                      # x: (b, d_model)
-        xz = self.in_proj(self.norm(x))
-        u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)    # (b, e)
-        conv_state = torch.cat([conv_state[:, :, 1:], u[:, :, None]], dim=-1)          # (b, e, d_conv)
-        u = F.silu((conv_state * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)  # (b, e)
-        A = -torch.exp(self.A_log)
-        delta, B, C = self._ssm_params(u[:, None] if self.mixer == "selective" else None)
-        if self.mixer == "selective":
-            delta, B, C = delta[:, 0], B[:, 0, None, :], C[:, 0, None, :]               # (b, e), (b, 1, N)
-        dA = torch.exp(delta[..., None] * A)                                            # Ā: (b, e, N)
-        ssm_state = dA * ssm_state + delta[..., None] * B * u[..., None]                # h_t = Ā h + B̄ u
-        y = (ssm_state * C).sum(-1) + self.D * u                                        # y_t = C h_t + D u
-        if self.gated:
-            y = y * F.silu(z)
-        return x + self.out_proj(y), conv_state, ssm_state
-
-
-class SSMLM(nn.Module):
-    """A stack of SSM blocks (see the module docstring) with a tied LM head.
+class SSMLM(MambaLM):
+    """Table 1's models: :class:`ssm_tutor.mamba.MambaLM` built with the two switches the table
+    varies (see the module docstring), with a tied LM head.
 
     Args:
-        vocab_size, d_model, n_layers: sizes; d_state = N, expand = d_inner / d_model, d_conv.
+        vocab_size, d_model, n_layers: sizes; d_state = N, expand = E / d_model, d_conv = K.
         mixer: "selective" (S6: Δ, B, C depend on the input) or "lti" (S4D-Real: they do not).
         gated: multiply the SSM output by SiLU(z) (the Mamba block) or not ("no gate").
+        fast: the fast path of ``ssm_tutor.fast`` (selective mixer) or the teaching path.
+
+    Forward, step, generate, init_cache and the cache type are MambaLM's. Saved by
+    :func:`save_pretrained` (its own config: MambaLM's Hugging Face format has no switches).
     """
 
     model_type = "ssm_tutor_ssm"
 
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
-                 expand: int = 2, d_conv: int = 4, mixer: str = "selective", gated: bool = True):
-        super().__init__()
-        _check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
-                        expand=expand, d_conv=d_conv)
-        if mixer not in MIXERS:
-            raise ValueError(f"mixer must be one of {MIXERS}, got {mixer!r}")
+                 expand: int = 2, d_conv: int = 4, mixer: str = "selective", gated: bool = True, fast: bool = True):
+        check_positive(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
+                       expand=expand, d_conv=d_conv)
+        check_choice("mixer", mixer, MIXERS)
         if not isinstance(gated, bool):
             raise TypeError(f"gated must be True or False, got {gated!r}")
-        self.config = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
-                           expand=expand, d_conv=d_conv, mixer=mixer, gated=gated)
+        config = MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                             state_size=d_state, expand=expand, conv_kernel=d_conv)
+        super().__init__(config, fast, mixer=mixer, gated=gated)
+        self.arguments = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_state=d_state,
+                              expand=expand, d_conv=d_conv, mixer=mixer, gated=gated)
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, d_model)
-        self.layers = nn.ModuleList(_SSMBlock(d_model, d_state, expand, d_conv, mixer, gated)
-                                    for _ in range(n_layers))
-        self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.lm_head.weight = self.embedding.weight                 # tied
-        nn.init.normal_(self.embedding.weight, std=0.02)            # small logits at the start: loss ≈ log V
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        check_input_ids(input_ids, self.vocab_size)
-        x = self.embedding(input_ids)                               # (b, l, d_model)
-        for layer in self.layers:
-            x = layer(x)
-        return self.lm_head(self.norm_f(x))                         # (b, l, vocab)
+    def save_pretrained(self, directory) -> None:
+        """See :func:`save_pretrained`."""
+        save_pretrained(self, directory)
 
-    def init_cache(self, batch: int) -> SSMCache:
-        """Zero state for ``batch`` sequences: its size does not depend on the length."""
-        _check_positive(batch=batch)
-        p = self.embedding.weight
-        blk = self.layers[0]
-        return SSMCache([p.new_zeros(batch, blk.d_inner, blk.conv1d.kernel_size[0]) for _ in self.layers],
-                        [p.new_zeros(batch, blk.d_inner, blk.d_state) for _ in self.layers])
-
-    def step(self, token_ids: torch.Tensor, cache: SSMCache):
-        """token_ids (b,) -> (logits (b, vocab), cache updated in place), equal to forward's last position."""
-        check_step_arguments(token_ids, self.vocab_size, cache, SSMCache, "an SSMCache")
-        x = self.embedding(token_ids)                               # (b, d_model)
-        for i, layer in enumerate(self.layers):
-            x, cache.conv[i], cache.ssm[i] = layer.step(x, cache.conv[i], cache.ssm[i])
-        cache.length += 1
-        return self.lm_head(self.norm_f(x)), cache
+    @classmethod
+    def from_pretrained(cls, directory, **_) -> "SSMLM":
+        """See :func:`load_pretrained`."""
+        model = load_pretrained(directory)
+        if not isinstance(model, cls):
+            raise CheckpointError(f"{directory} holds a {type(model).__name__}, not an SSMLM")
+        return model
 
 
 def cache_nbytes(cache) -> int:
     """Bytes of recurrent state a model keeps after ``cache.length`` tokens.
 
     KVCache: the stored keys and values (2 · layers · b · heads · length · head_dim numbers), which
-    grows with the length. SSMCache and any object with tensors: all its tensors, a constant.
+    grows with the length. MambaCache and any object with tensors: all its tensors, a constant.
     """
     if isinstance(cache, KVCache):
         return sum(t[:, :, : cache.length].nbytes for t in cache.k + cache.v)
-    if isinstance(cache, SSMCache):
-        return sum(t.nbytes for t in cache.conv + cache.ssm)
+    if isinstance(cache, MambaCache):
+        return cache.nbytes()
     tensors = [v for v in vars(cache).values() if isinstance(v, torch.Tensor)]
     for v in vars(cache).values():
         if isinstance(v, (list, tuple, dict)):
@@ -464,39 +331,47 @@ _CLASSES = {TransformerLM.model_type: TransformerLM, SSMLM.model_type: SSMLM}
 
 def save_pretrained(model: nn.Module, directory) -> None:
     """Write ``config.json`` ({"model_type": …, constructor arguments}) and ``model.safetensors``
-    (the state_dict without the tied ``lm_head.weight``)."""
-    from safetensors.torch import save_file
-
+    (the state_dict without the tied ``lm_head.weight``), atomically (ssm_tutor.checkpoint)."""
     if type(model).model_type not in _CLASSES:
         raise TypeError(f"model must be a TransformerLM or SSMLM, got {type(model).__name__}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps({"model_type": model.model_type, **model.config}, indent=2) + "\n")
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    save_file(state, str(d / "model.safetensors"))
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    write_checkpoint(directory, {"model_type": model.model_type, **model.arguments}, state)
+
+
+def legacy_ssmlm_key(key: str) -> str:
+    """The key, in today's SSMLM (the Mamba block), of a tensor saved by the SSMLM that had its
+    own block class (checkpoints written before it was rebuilt on MambaLM, such as the shipped
+    ``checkpoints/sc_*``). The tensors are the same; only their names move:
+
+        embedding.weight        -> backbone.embeddings.weight
+        norm_f.weight           -> backbone.norm_f.weight
+        layers.{i}.norm.weight  -> backbone.layers.{i}.norm.weight
+        layers.{i}.{name}       -> backbone.layers.{i}.mixer.{name}
+                                   (in_proj, conv1d, out_proj, A_log, D; x_proj, dt_proj | dt_bias, B, C)
+    """
+    if key in ("embedding.weight", "norm_f.weight"):
+        return {"embedding.weight": "backbone.embeddings.weight", "norm_f.weight": "backbone.norm_f.weight"}[key]
+    parts = key.split(".")
+    if len(parts) > 2 and parts[0] == "layers" and parts[1].isdigit():
+        where = "" if parts[2] == "norm" else "mixer."
+        return f"backbone.layers.{parts[1]}.{where}{'.'.join(parts[2:])}"
+    return key
 
 
 def load_pretrained(directory) -> nn.Module:
-    """Load a model written by :func:`save_pretrained`; a missing or unexpected key raises KeyError."""
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    for name in ("config.json", "model.safetensors"):
-        if not (d / name).is_file():
-            raise FileNotFoundError(f"directory {str(d)!r} has no {name}")
-    config = json.loads((d / "config.json").read_text())
+    """Load a model written by :func:`save_pretrained` (SSMLM checkpoints of the old layout too,
+    see :func:`legacy_ssmlm_key`); every missing, unexpected or mis-shaped weight is named
+    (:class:`ssm_tutor.checkpoint.CheckpointError`)."""
+    config = read_config(directory)
     model_type = config.pop("model_type", None)
     if model_type not in _CLASSES:
-        raise ValueError(f"{d / 'config.json'}: model_type must be one of {sorted(_CLASSES)}, got {model_type!r}")
-    model = _CLASSES[model_type](**config)
-    state = load_file(str(d / "model.safetensors"))
-    expected = {k for k in model.state_dict() if k != "lm_head.weight"}
-    missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-    if missing or unexpected:
-        raise KeyError(f"{d / 'model.safetensors'}: missing keys {missing}, unexpected keys {unexpected}")
-    for k, v in model.state_dict().items():
-        if k in state and state[k].shape != v.shape:
-            raise ValueError(f"{d / 'model.safetensors'}: {k} has shape {tuple(state[k].shape)}, "
-                             f"the config expects {tuple(v.shape)}")
-    model.load_state_dict(state, strict=False)
+        raise CheckpointError(f"{Path(directory) / 'config.json'}: model_type must be one of {sorted(_CLASSES)}, "
+                              f"got {model_type!r}")
+    cls = _CLASSES[model_type]
+    model = cls(**config)
+    state = read_tensors(directory)
+    if cls is SSMLM:
+        state = {legacy_ssmlm_key(k): v for k, v in state.items()}
+    tied = model._tied() if isinstance(model, MambaLM) else {"lm_head.weight": "embedding.weight"}
+    load_state(model, state, what=cls.__name__, tied=tied)
     return model.eval()

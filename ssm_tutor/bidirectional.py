@@ -32,7 +32,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ssm_tutor.checkpoint import CheckpointError, load_state, read_config, read_tensors, resolve_directory, write_checkpoint
 from ssm_tutor.mamba import MambaConfig, MambaMixer, RMSNorm
+from ssm_tutor.validate import positive_int, check_token_ids
 
 __all__ = ["BiMambaBlock", "BiMamba", "flip_and_combine"]
 
@@ -84,8 +86,7 @@ class BiMamba(nn.Module):
 
     def __init__(self, config: MambaConfig, num_labels: int, bidirectional: bool = True):
         super().__init__()
-        if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
-            raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+        positive_int("num_labels", num_labels)
         if not isinstance(bidirectional, bool):
             raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
         self.config, self.num_labels, self.bidirectional = config, num_labels, bidirectional
@@ -96,9 +97,42 @@ class BiMamba(nn.Module):
         nn.init.normal_(self.embeddings.weight, std=0.02)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        from ssm_tutor.baselines import check_input_ids
-        check_input_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, device=self.embeddings.weight.device)
         x = self.embeddings(input_ids)                           # (b, l, D)
         for layer in self.layers:
             x = layer(x)                                         # (b, l, D)
         return self.classifier(self.norm_f(x))                   # (b, l, num_labels)
+
+    # ---- checkpoints (ssm_tutor.checkpoint) --------------------------------------------------
+    def _tied(self) -> dict:
+        """The backward mixer's in_proj and out_proj are the forward mixer's: stored once."""
+        if not self.bidirectional:
+            return {}
+        return {f"layers.{i}.backward_mixer.{name}.{p}": f"layers.{i}.forward_mixer.{name}.{p}"
+                for i in range(len(self.layers)) for name in ("in_proj", "out_proj")
+                for p, _ in getattr(self.layers[i].forward_mixer, name).named_parameters()}
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` (the :class:`MambaConfig`, ``model_type`` "ssm_tutor_bimamba",
+        ``num_labels``, ``bidirectional``) and ``model.safetensors`` into ``path``, atomically."""
+        cfg = self.config.to_dict()
+        cfg.update(model_type=self.model_type, architectures=["BiMamba"], num_labels=self.num_labels,
+                   bidirectional=self.bidirectional)
+        tied = self._tied()
+        write_checkpoint(path, cfg, {k: v for k, v in self.state_dict().items() if k not in tied})
+
+    @classmethod
+    def from_pretrained(cls, path) -> "BiMamba":
+        """Load a checkpoint written by :meth:`save_pretrained`; every missing, unexpected or
+        mis-shaped weight is named (:class:`ssm_tutor.checkpoint.CheckpointError`)."""
+        directory = resolve_directory(path)
+        config = read_config(directory)
+        if config.pop("model_type", None) != cls.model_type:
+            raise CheckpointError(f"{directory / 'config.json'} is not a BiMamba checkpoint "
+                                  f"(model_type must be {cls.model_type!r})")
+        num_labels, bidirectional = config.pop("num_labels", None), config.pop("bidirectional", None)
+        if num_labels is None or not isinstance(bidirectional, bool):
+            raise CheckpointError(f"{directory / 'config.json'} lacks num_labels or bidirectional")
+        model = cls(MambaConfig.from_dict(config), num_labels, bidirectional)
+        load_state(model, read_tensors(directory), what="BiMamba", tied=model._tied())
+        return model.eval()

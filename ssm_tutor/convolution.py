@@ -18,13 +18,15 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ssm_tutor.discretize import DIAG_METHODS, _check_dense, _tensor, recurrence_diag
+from ssm_tutor.validate import check_choice, check_layer_input, check_positive, positive_int
 
 __all__ = [
     "ssm_kernel", "s4d_kernel", "causal_conv", "causal_conv_direct",
     "hippo_legs", "s4d_real", "s4d_lin", "legendre_reconstruct", "hippo_legs_memory",
-    "LTISSM",
+    "LTISSM", "dt_bias_init", "inverse_softplus", "compute_dtype",
 ]
 
 
@@ -32,10 +34,11 @@ __all__ = [
 # kernels
 # ----------------------------------------------------------------------------------------
 
-def _check_length(L) -> int:
-    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
-        raise ValueError(f"L must be a positive integer (the kernel length), got {L!r}")
-    return L
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision the layers compute in: float64 stays float64; float32, float16 and
+    bfloat16 become float32 (the FFT has no half-precision CPU kernel, and a long sum in half
+    precision drifts). Every later stage uses the same rule."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def ssm_kernel(Ad, Bd, C, L: int) -> torch.Tensor:
@@ -50,7 +53,7 @@ def ssm_kernel(Ad, Bd, C, L: int) -> torch.Tensor:
     n = Ad.shape[0]
     if C.dim() != 2 or C.shape[1] != n:
         raise ValueError(f"C must have shape (q, n) with n = {n}, got shape {tuple(C.shape)}")
-    L = _check_length(L)
+    L = positive_int("L", L)
     terms = []
     AkB = Bd                                                       # Ā^l B̄: (n, p)
     for _ in range(L):
@@ -73,7 +76,7 @@ def s4d_kernel(Ad, Bd, C, L: int) -> torch.Tensor:
     for name, t in (("Bd", Bd), ("C", C)):
         if t.shape != Ad.shape:
             raise ValueError(f"{name} must have shape (d, n) = {tuple(Ad.shape)} like Ad, got shape {tuple(t.shape)}")
-    L = _check_length(L)
+    L = positive_int("L", L)
     real = Ad.real.dtype if Ad.is_complex() else Ad.dtype
     powers = torch.arange(L, dtype=real, device=Ad.device)        # (L,)
     V = Ad[..., None] ** powers                                    # Vandermonde: (d, n, L)
@@ -109,9 +112,10 @@ def causal_conv(u, K) -> torch.Tensor:
     L, LK = u.shape[-1], K.shape[-1]
     n = 1 << math.ceil(math.log2(max(L + LK - 1, 1)))              # FFT size, a power of two
     dtype = torch.promote_types(u.dtype, K.dtype)
-    U = torch.fft.rfft(u.to(dtype), n=n)                            # (..., n//2 + 1)
-    Kf = torch.fft.rfft(K.to(dtype), n=n)
-    return torch.fft.irfft(U * Kf, n=n)[..., :L]                    # (..., L)
+    wide = compute_dtype(dtype)                                     # half precision: FFT in float32
+    U = torch.fft.rfft(u.to(wide), n=n)                             # (..., n//2 + 1)
+    Kf = torch.fft.rfft(K.to(wide), n=n)
+    return torch.fft.irfft(U * Kf, n=n)[..., :L].to(dtype)          # (..., L)
 
 
 def causal_conv_direct(u, K) -> torch.Tensor:
@@ -141,8 +145,7 @@ def hippo_legs(n: int, dtype=torch.float64):
     coefficients of u on [0, t] in the scaled Legendre basis (see :func:`hippo_legs_memory`);
     S4 uses the same A as a time-invariant system with a learned step.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive_int("n", n)
     q = torch.sqrt(2 * torch.arange(n, dtype=dtype) + 1)          # sqrt(2i+1): (n,)
     i = torch.arange(n)
     A = torch.where(i[:, None] > i[None, :], -q[:, None] * q[None, :], torch.zeros((), dtype=dtype))  # (n, n)
@@ -153,8 +156,7 @@ def hippo_legs(n: int, dtype=torch.float64):
 def s4d_real(n: int, dtype=torch.float64) -> torch.Tensor:
     """S4D-Real (S4D paper, Section 4.1; also Mamba's default): A_k = −(k+1), k = 0 … n−1.
     Returns the diagonal, shape (n,): real, decaying at rates 1, 2, …, n."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive_int("n", n)
     return -torch.arange(1, n + 1, dtype=dtype)
 
 
@@ -163,8 +165,7 @@ def s4d_lin(n: int, dtype=torch.complex128) -> torch.Tensor:
     shape (n,), complex: every mode decays at rate 1/2 and oscillates at frequency k/2
     (cycles per unit time). Each complex mode stands for a conjugate pair of real states,
     so a real system uses y = 2 Re(Σ C h) (see :class:`LTISSM`)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    positive_int("n", n)
     k = torch.arange(n, dtype=torch.float64)
     return torch.complex(torch.full_like(k, -0.5), math.pi * k).to(dtype)
 
@@ -216,105 +217,165 @@ def hippo_legs_memory(u, n: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------
-# a layer: d independent diagonal SSMs, run as a convolution or as a recurrence
+# the LTI layer: d independent diagonal SSMs, run as a convolution or as a recurrence
 # ----------------------------------------------------------------------------------------
 
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """The y with softplus(y) = log(1 + e^y) = x, for x > 0: y = x + log(1 - e^{-x})."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def dt_bias_init(d: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The dt bias of shape (d,): Δ = softplus(bias) is log-uniform in [dt_min, dt_max] at init
+    (floored at ``dt_init_floor``), so each channel starts with its own time scale (Mamba's
+    parameterisation of Δ, used by both the LTI layer here and stage 4's selective layer)."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    r = torch.rand(d, generator=generator)                                     # (d,) uniform in [0, 1)
+    dt = torch.exp(r * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    return inverse_softplus(dt.clamp(min=dt_init_floor))                       # (d,)
+
+
 class LTISSM(nn.Module):
-    """d independent time-invariant diagonal SSMs (an S4D layer without its mixing MLP).
+    """d independent time-invariant diagonal SSMs (an S4D layer without its mixing MLP): the
+    LTI twin of stage 4's :class:`ssm_tutor.selective.SelectiveSSM`, with its layout.
 
-    Forward: u (batch, d, length) -> y (batch, d, length), the layout of Mamba's scan, so the
-    selective layer of stage 4 can replace it one for one. Per channel c:
+    x (batch, length, d) -> y (batch, length, d). Per channel c, with m modes:
 
-        Ā, B̄ = zoh(A_c, B_c, Δ_c),   y = K_c * u + D_c u,   K_c[l] = Σ_n C_cn B̄_cn Ā_cn^l
+        Δ_c = softplus(dt_bias_c)                       one fixed step size (Mamba's parameterisation)
+        A = -exp(A_log) [+ i A_imag]  (d, m)            S4D-Real, or S4D-Lin (complex)
+        Ā, B̄ = discretize(A, B, Δ)                     "zoh" (default), "bilinear", "euler" or "mamba"
+        h_t = Ā ⊙ h_{t-1} + B̄ u_t,   y_t = C · h_t + D u_t      (2 Re(C · h_t) for complex modes)
 
-    computed either as a convolution (``mode="convolution"``, the kernel by a Vandermonde
-    product then an FFT: parallel over time) or as a recurrence (``mode="recurrence"``, the
-    step-by-step loop); both give the same y.
+    Nothing depends on t, so y = K * u + D u with K_c[k] = Σ_n C_cn B̄_cn Ā_cn^k: ``forward``
+    computes it as a convolution (``mode="convolution"``: the kernel by a Vandermonde product,
+    then an FFT, parallel over time -- how an LTI layer trains) or as a recurrence
+    (``mode="recurrence"``, the step-by-step loop); both give the same y. :meth:`step` advances
+    one token from a state (:meth:`init_state`) -- how it generates.
 
     Args:
-        d: channels. n: state size per channel.
-        init: ``"s4d_real"`` (A_k = −(k+1), real, n modes) or ``"s4d_lin"`` (A_k = −1/2 + iπk:
-            n must be even, n/2 complex modes each standing for a conjugate pair, y = 2 Re …).
-        dt_min, dt_max: log Δ is drawn uniformly in [log dt_min, log dt_max] per channel.
+        d: channels. n: state size per channel (real numbers).
+        init: ``"s4d_real"`` (A_k = −(k+1), n real modes) or ``"s4d_lin"`` (A_k = −1/2 + iπk:
+            n even, n/2 complex modes each standing for a conjugate pair, y = 2 Re …).
+        dt_min, dt_max, dt_init_floor: Δ = softplus(dt_bias) starts log-uniform in [dt_min, dt_max].
         mode: the default mode of :meth:`forward`.
-        discretization: ``"zoh"`` (default), ``"bilinear"``, ``"euler"`` or ``"mamba"``.
+        discretization: ``"zoh"``, ``"bilinear"``, ``"euler"`` or ``"mamba"`` (ZOH for A, Euler
+            for B: with it and real A the layer is stage 4's selective scan with Δ, B, C held constant).
 
-    Parameters: ``log_dt`` (d,), ``A_log`` (d, m) with Re A = −exp(A_log), ``A_imag`` (d, m)
-    for complex inits, ``B`` and ``C`` (d, m) (stored as (d, m, 2) real pairs for complex
-    inits), ``D`` (d,), where m = n (real) or n/2 (complex).
+    Parameters: ``dt_bias`` (d,), ``A_log`` (d, m) with Re A = −exp(A_log), ``A_imag`` (d, m)
+    for S4D-Lin, ``B`` and ``C`` (d, m) (stored as (d, m, 2) real pairs for S4D-Lin), ``D`` (d,),
+    where m = n (real) or n/2 (complex). Init: B = 1, C ~ N(0, 1/m), D = 1.
+
+    Half-precision inputs are computed in float32 (the FFT has no half-precision CPU kernel,
+    and a long convolution would lose precision) and returned in their own dtype.
     """
 
     MODES = ("convolution", "recurrence")
 
     def __init__(self, d: int, n: int = 16, *, init: str = "s4d_real", dt_min: float = 1e-3,
-                 dt_max: float = 1e-1, mode: str = "convolution", discretization: str = "zoh",
-                 dtype=torch.float32):
+                 dt_max: float = 1e-1, dt_init_floor: float = 1e-4, mode: str = "convolution",
+                 discretization: str = "zoh"):
         super().__init__()
-        for name, v in (("d", d), ("n", n)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if init not in ("s4d_real", "s4d_lin"):
-            raise ValueError(f"init must be 's4d_real' or 's4d_lin', got {init!r}")
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
-        if discretization not in DIAG_METHODS:
-            raise ValueError(f"discretization must be one of {sorted(DIAG_METHODS)}, got {discretization!r}")
-        if not (0 < dt_min <= dt_max):
-            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_positive(d=d, n=n)
+        check_choice("init", init, ("s4d_real", "s4d_lin"))
+        check_choice("mode", mode, self.MODES)
+        check_choice("discretization", discretization, tuple(DIAG_METHODS))
         self.d, self.n, self.init, self.mode, self.discretization = d, n, init, mode, discretization
         self.complex = init == "s4d_lin"
         if self.complex and n % 2:
             raise ValueError(f"init='s4d_lin' needs an even n (n/2 conjugate pairs), got n={n}")
-        m = n // 2 if self.complex else n
-        log_dt = torch.rand(d, dtype=dtype) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
-        self.log_dt = nn.Parameter(log_dt)                                      # (d,)
-        A0 = s4d_lin(m) if self.complex else s4d_real(m)                       # (m,)
-        self.A_log = nn.Parameter(torch.log(-A0.real).to(dtype).repeat(d, 1))   # (d, m)
+        m = self.modes = n // 2 if self.complex else n
+        self.dt_bias = nn.Parameter(dt_bias_init(d, dt_min, dt_max, dt_init_floor))   # (d,)
+        A0 = s4d_lin(m) if self.complex else s4d_real(m)                               # (m,)
+        self.A_log = nn.Parameter(torch.log(-A0.real).float().repeat(d, 1))             # (d, m)
         if self.complex:
-            self.A_imag = nn.Parameter(A0.imag.to(dtype).repeat(d, 1))          # (d, m)
-            self.B = nn.Parameter(torch.stack([torch.ones(d, m), torch.zeros(d, m)], -1).to(dtype))  # (d, m, 2)
-            self.C = nn.Parameter(torch.randn(d, m, 2, dtype=dtype) * math.sqrt(0.5))                # (d, m, 2)
+            self.A_imag = nn.Parameter(A0.imag.float().repeat(d, 1))                     # (d, m)
+            self.B = nn.Parameter(torch.stack([torch.ones(d, m), torch.zeros(d, m)], -1))   # (d, m, 2): 1 + 0i
+            self.C = nn.Parameter(torch.randn(d, m, 2) * math.sqrt(0.5 / m))             # (d, m, 2)
         else:
-            self.B = nn.Parameter(torch.ones(d, m, dtype=dtype))                # (d, m)
-            self.C = nn.Parameter(torch.randn(d, m, dtype=dtype))               # (d, m)
-        self.D = nn.Parameter(torch.randn(d, dtype=dtype))                      # (d,)
+            self.B = nn.Parameter(torch.ones(d, m))                                      # (d, m)
+            self.C = nn.Parameter(torch.randn(d, m) / math.sqrt(m))                      # (d, m)
+        self.D = nn.Parameter(torch.ones(d))                                             # (d,)
 
     def extra_repr(self) -> str:
         return f"d={self.d}, n={self.n}, init={self.init!r}, mode={self.mode!r}, discretization={self.discretization!r}"
 
-    def continuous(self):
-        """The continuous diagonal parameters (A, B, C), each (d, m), complex for S4D-Lin."""
-        A = -torch.exp(self.A_log)
-        if self.complex:
-            return (torch.complex(A, self.A_imag), torch.view_as_complex(self.B),
-                    torch.view_as_complex(self.C))
-        return A, self.B, self.C
+    @property
+    def delta(self) -> torch.Tensor:
+        """Δ = softplus(dt_bias), shape (d,): one fixed step size per channel."""
+        return F.softplus(self.dt_bias)
 
-    def discrete(self):
-        """(Ā, B̄, C), each (d, m), from the chosen discretization with Δ = exp(log_dt)."""
-        A, B, C = self.continuous()
-        Ad, Bd = DIAG_METHODS[self.discretization](A, B, torch.exp(self.log_dt))
+    @property
+    def A(self) -> torch.Tensor:
+        """A = -exp(A_log) (+ i A_imag for S4D-Lin), shape (d, m)."""
+        return self.continuous()[0]
+
+    def continuous(self, dtype: torch.dtype | None = None):
+        """The continuous diagonal parameters (A, B, C), each (d, m), complex for S4D-Lin;
+        in ``dtype`` (a real dtype; complex64/128 for S4D-Lin) when given."""
+        p = dtype or self.A_log.dtype
+        A = -torch.exp(self.A_log.to(p))
+        if self.complex:
+            return (torch.complex(A, self.A_imag.to(p)), torch.view_as_complex(self.B.to(p)),
+                    torch.view_as_complex(self.C.to(p)))
+        return A, self.B.to(p), self.C.to(p)
+
+    def discrete(self, dtype: torch.dtype | None = None):
+        """(Ā, B̄, C), each (d, m), from the chosen discretization with Δ = softplus(dt_bias)."""
+        A, B, C = self.continuous(dtype)
+        Ad, Bd = DIAG_METHODS[self.discretization](A, B, self.delta.to(dtype or self.dt_bias.dtype))
         return Ad, Bd, C
 
-    def kernel(self, L: int) -> torch.Tensor:
-        """The real convolution kernel of every channel, (d, L) (2 Re … for complex modes)."""
-        K = s4d_kernel(*self.discrete(), L)                                     # (d, L)
+    def kernel(self, L: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The real convolution kernel of every channel, K (d, L): K_c[k] = Σ_n C B̄ Ā^k
+        (2 Re … for complex modes), by stage 3's Vandermonde product."""
+        K = s4d_kernel(*self.discrete(dtype), L)                                # (d, L)
         return 2 * K.real if self.complex else K
 
-    def forward(self, u: torch.Tensor, mode: str | None = None) -> torch.Tensor:
-        """u (batch, d, length) -> y (batch, d, length), by ``mode`` (default ``self.mode``)."""
+    def forward(self, x: torch.Tensor, mode: str | None = None, return_last_state: bool = False):
+        """x (batch, length, d) -> y (batch, length, d) by ``mode`` (default ``self.mode``);
+        with ``return_last_state`` also the state after the last token, (batch, d, m), ready
+        for :meth:`step` (complex for S4D-Lin)."""
         mode = self.mode if mode is None else mode
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
-        if not isinstance(u, torch.Tensor) or not u.is_floating_point():
-            raise TypeError(f"u must be a floating-point tensor, got {getattr(u, 'dtype', type(u).__name__)}")
-        if u.dim() != 3 or u.shape[1] != self.d:
-            raise ValueError(f"u must have shape (batch, d, length) with d = {self.d}, got shape {tuple(u.shape)}")
-        if u.device != self.D.device:
-            raise ValueError(f"u is on {u.device} but the layer is on {self.D.device}")
+        check_choice("mode", mode, self.MODES)
+        check_layer_input(x, self.d, "LTISSM")
+        p = compute_dtype(x.dtype)                                              # float32 or float64
+        u = x.transpose(1, 2).to(p)                                             # (b, d, L)
+        h = None
         if mode == "convolution":
-            y = causal_conv(u, self.kernel(u.shape[-1]).to(u.dtype))            # (b, d, L)
+            y = causal_conv(u, self.kernel(u.shape[-1], p))                     # y = K * u: (b, d, L)
+            if return_last_state:
+                h = self.last_state(u)
         else:
-            y = recurrence_diag(*self.discrete(), None, u)                     # (b, d, L)
+            y, h = recurrence_diag(*self.discrete(p), None, u, return_last_state=True)   # (b, d, L)
             y = 2 * y.real if self.complex else y
-        return (y + self.D[:, None] * u).to(u.dtype)
+        y = (y + self.D.to(p)[:, None] * u).to(x.dtype).transpose(1, 2)        # + D u: (b, L, d)
+        return (y, h) if return_last_state else y
+
+    def last_state(self, u: torch.Tensor) -> torch.Tensor:
+        """The state after the last input, without running the recurrence: unrolled,
+        h_L = Σ_k Ā^{L-1-k} B̄ u_k -- one more Vandermonde product. u (b, d, L) -> (b, d, m)."""
+        Ad, Bd, _ = self.discrete(u.dtype)                                      # (d, m) each
+        powers = torch.arange(u.shape[-1] - 1, -1, -1, dtype=u.dtype, device=u.device)   # L-1, …, 0
+        V = Ad[..., None] ** powers                                             # Ā^{L-1-k}: (d, m, L)
+        return torch.einsum("dmk,dm,bdk->bdm", V, Bd, u.to(V.dtype))
+
+    # ---- recurrent form: generation, one token at a time ---------------------------------------
+    def init_state(self, batch: int) -> torch.Tensor:
+        """h_0 = 0 for ``batch`` sequences: (batch, d, m), complex for S4D-Lin."""
+        positive_int("batch", batch)
+        p = compute_dtype(self.A_log.dtype)
+        return torch.zeros(batch, self.d, self.modes, dtype=p.to_complex() if self.complex else p,
+                           device=self.A_log.device)
+
+    def step(self, u_t: torch.Tensor, h: torch.Tensor):
+        """One token: u_t (b, d), h (b, d, m) -> (y_t (b, d), h), h updated in place:
+        h_t = Ā ⊙ h_{t-1} + B̄ u_t, y_t = C · h_t + D u_t (2 Re(C · h_t) for complex modes)."""
+        p = h.real.dtype if h.is_complex() else h.dtype
+        Ad, Bd, C = self.discrete(p)                                            # (d, m) each
+        u = u_t.to(p)                                                           # (b, d)
+        h.mul_(Ad).add_(Bd * u[..., None])                                      # h_t = Ā h_{t-1} + B̄ u_t
+        y = (C * h).sum(-1)                                                     # C · h_t: (b, d)
+        y = 2 * y.real if self.complex else y
+        return (y + self.D.to(p) * u).to(u_t.dtype), h

@@ -27,16 +27,15 @@ Checkpoints: ``config.json`` (``model_type`` "ssm_tutor_hybrid", the Mamba field
 
 from __future__ import annotations
 
-import json
-import math
-from dataclasses import dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ssm_tutor.baselines import KVCache, TransformerBlock, check_input_ids
+from ssm_tutor.baselines import KVCache, TransformerBlock
+from ssm_tutor.checkpoint import load_state, read_config, read_tensors, resolve_directory, write_checkpoint
 from ssm_tutor.mamba import MambaBlock, MambaCache, MambaConfig, RMSNorm
+from ssm_tutor.validate import check_cache, check_positive, check_token_ids, non_negative_int
 
 __all__ = ["HybridConfig", "HybridLM", "HybridCache", "layer_types"]
 
@@ -94,18 +93,11 @@ class HybridConfig(MambaConfig):
             raise ValueError(f"config.json has model_type {model_type!r}; HybridConfig reads "
                              f"{HybridLM.model_type!r}")
         written = config.pop("layers_block_type", None)
-        config.pop("architectures", None)
-        mamba = MambaConfig.from_dict({k: v for k, v in config.items() if k not in _ATTENTION_FIELDS})
-        values = {f.name: getattr(mamba, f.name) for f in fields(MambaConfig)}
-        values.update({k: config[k] for k in _ATTENTION_FIELDS if k in config})
-        cfg = cls(**values)
+        cfg = super().from_dict(config)                 # MambaConfig's reading, into this class's fields
         if written is not None and written != cfg.layers_block_type:
             raise ValueError(f"config.json lists layers {written} but its period and offset give "
                              f"{cfg.layers_block_type}")
         return cfg
-
-
-_ATTENTION_FIELDS = ("attn_layer_period", "attn_layer_offset", "num_attention_heads")
 
 
 @dataclass
@@ -173,7 +165,7 @@ class HybridLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, return_cache: bool = False):
         """input_ids (b, l) -> logits (b, l, V); with ``return_cache`` also the :class:`HybridCache`
         after the last token (keys and values of every position, the Mamba states)."""
-        check_input_ids(input_ids, self.config.vocab_size)
+        check_token_ids(input_ids, self.config.vocab_size, device=self.embeddings.weight.device)
         x = self.embeddings(input_ids)                                # (b, l, D)
         keys, values, convs, ssms = [], [], [], []
         for layer in self.layers:
@@ -195,9 +187,7 @@ class HybridLM(nn.Module):
     def init_cache(self, batch: int, capacity: int = 64) -> HybridCache:
         """An empty cache for ``batch`` sequences, room for ``capacity`` tokens in the KV part (it
         doubles when full)."""
-        for name, value in (("batch", batch), ("capacity", capacity)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive(batch=batch, capacity=capacity)
         w = self.embeddings.weight
         heads = self.config.num_attention_heads
         shape = (batch, heads, capacity, self.config.hidden_size // heads)
@@ -227,20 +217,16 @@ class HybridLM(nn.Module):
     @torch.no_grad()
     def step(self, token_ids: torch.Tensor, cache: HybridCache):
         """Read one token per sequence: token_ids (b,) -> (logits (b, V), cache updated in place)."""
-        check_input_ids(token_ids, self.config.vocab_size, "token_ids", dim=1)
-        if not isinstance(cache, HybridCache):
-            raise TypeError(f"cache must be a HybridCache from init_cache or forward(return_cache=True), "
-                            f"got {type(cache).__name__}")
-        if cache.batch != token_ids.shape[0]:
-            raise ValueError(f"token_ids has batch {token_ids.shape[0]} but the cache was made for batch {cache.batch}")
+        check_token_ids(token_ids, self.config.vocab_size, name="token_ids", dim=1,
+                        device=self.embeddings.weight.device)
+        check_cache(cache, HybridCache, token_ids.shape[0], made_by="init_cache or forward(return_cache=True)")
         return self._step(token_ids, cache), cache
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
         """Greedy continuation: input_ids (b, l) -> (b, l + max_new_tokens). The prompt is read in
         one parallel pass (which fills the cache), then each new token costs one :meth:`step`."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
+        non_negative_int("max_new_tokens", max_new_tokens)
         logits, cache = self(input_ids, return_cache=True)
         out = [input_ids]
         token = logits[:, -1].argmax(-1)                              # (b,)
@@ -249,3 +235,22 @@ class HybridLM(nn.Module):
             if i + 1 < max_new_tokens:
                 token = self._step(token, cache).argmax(-1)
         return torch.cat(out, dim=1)
+
+    # ---- checkpoints (ssm_tutor.checkpoint) --------------------------------------------------
+    _TIED = {"lm_head.weight": "embeddings.weight"}
+
+    def save_pretrained(self, path) -> None:
+        """Write ``config.json`` (:meth:`HybridConfig.to_dict`) and ``model.safetensors`` (the state
+        dict without the tied head) into ``path``, atomically."""
+        cfg = self.config.to_dict()
+        cfg["dtype"] = str(self.lm_head.weight.dtype).removeprefix("torch.")
+        write_checkpoint(path, cfg, {k: v for k, v in self.state_dict().items() if k not in self._TIED})
+
+    @classmethod
+    def from_pretrained(cls, path) -> "HybridLM":
+        """Load a checkpoint written by :meth:`save_pretrained`; every missing, unexpected or
+        mis-shaped weight is named (:class:`ssm_tutor.checkpoint.CheckpointError`)."""
+        directory = resolve_directory(path)
+        model = cls(HybridConfig.from_dict(read_config(directory)))
+        load_state(model, read_tensors(directory), what="HybridLM", tied=cls._TIED)
+        return model.eval()

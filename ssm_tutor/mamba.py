@@ -28,19 +28,20 @@ saved here loads in ``transformers.MambaForCausalLM`` and the other way round.
 
 Inference has two modes with the same result: the *parallel* forward over a whole sequence
 (the scan of stages 5–6), and the *recurrent* ``step`` that advances one token with a
-fixed-size cache: per layer the last K-1 conv inputs (E, K-1) and the SSM state (E, N).
+fixed-size cache (:class:`MambaCache`): per layer the last K-1 conv inputs (E, K-1) and the SSM
+state (E, N).
 
-Two memory layouts make it fast on a CPU (``benchmarks/bench_model.py``; notebook 7 quotes the
-numbers): the parallel forward keeps activations time-major, (b, l, channels), and hands the
-conv and the scan transposed views of them; and the projection weights are stored input-major
-(``store_input_major_``), which speeds up the one-token products of ``step``.
+Two paths compute the forward pass: the *teaching* path, :class:`MambaMixer`'s own ``forward``
+(the block as the paper draws it, stage 4's S6 layer inside), and the *fast* path of
+:mod:`ssm_tutor.fast` (time-major activations, a channels-last convolution, stage 5's fused scan,
+input-major weights). ``MambaLM(config)`` takes the fast path; ``MambaLM(config, fast=False)``
+or ``model.use_fast_path(False)`` the teaching one. The tests hold them equal.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -48,10 +49,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_tutor.scan import selective_scan   # stage 5 (picks stage 6's Triton kernel on a GPU)
+from ssm_tutor.checkpoint import (CheckpointError, load_state, read_config, read_tensors, resolve_directory,
+                                  write_checkpoint)
+from ssm_tutor.convolution import LTISSM, compute_dtype          # stage 3: the LTI layer (Table 1's baseline)
+from ssm_tutor.fast.layout import store_input_major_
+from ssm_tutor.fast.mixer import mamba_mixer_forward
+from ssm_tutor.selective import SelectiveSSM, selective_ssm_step   # stage 4: the S6 layer, one step of it
+from ssm_tutor.validate import (check_cache, check_has_data, check_layer_input, check_mask, check_token_ids,
+                                finite_number, non_negative_int, positive_int)
 
-__all__ = ["MambaConfig", "RMSNorm", "MambaMixer", "MambaBlock", "MambaBackbone", "MambaLM",
-           "MambaCache", "CheckpointError", "causal_conv_step", "selective_ssm_step"]
+__all__ = ["MambaConfig", "RMSNorm", "MambaShell", "MambaMixer", "LTIMambaMixer", "MambaBlock", "MambaBackbone",
+           "MambaLM", "MambaCache", "CheckpointError", "causal_conv_step", "selective_ssm_step"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,7 +70,9 @@ __all__ = ["MambaConfig", "RMSNorm", "MambaMixer", "MambaBlock", "MambaBackbone"
 class MambaConfig:
     """The hyper-parameters, with the names and defaults of ``transformers.MambaConfig``.
 
-    ``time_step_rank="auto"`` becomes ceil(hidden_size / 16). Fields this class does not use
+    ``time_step_rank="auto"`` becomes ceil(hidden_size / 16); ``intermediate_size`` (E, the width
+    of the SSM branch) defaults to expand * hidden_size but may be set on its own, as
+    transformers allows. Fields this class does not use
     are kept in ``extra`` and written back, so a config survives a round trip.
 
     ``rescale_prenorm_residual`` is carried for transformers only and should stay False in a
@@ -80,6 +90,7 @@ class MambaConfig:
     bos_token_id: int | None = 0
     eos_token_id: int | list | None = 0
     expand: int = 2
+    intermediate_size: int | None = None
     conv_kernel: int = 4
     use_bias: bool = False
     use_conv_bias: bool = True
@@ -100,8 +111,10 @@ class MambaConfig:
     def __post_init__(self):
         if self.time_step_rank == "auto":
             self.time_step_rank = math.ceil(self.hidden_size / 16)
+        if self.intermediate_size is None:
+            self.intermediate_size = self.expand * self.hidden_size
         for name in ("vocab_size", "hidden_size", "state_size", "num_hidden_layers", "expand",
-                     "conv_kernel", "time_step_rank"):
+                     "intermediate_size", "conv_kernel", "time_step_rank"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"MambaConfig.{name} must be a positive integer, got {value!r}")
@@ -117,17 +130,11 @@ class MambaConfig:
         if not self.layer_norm_epsilon > 0:
             raise ValueError(f"MambaConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
 
-    @property
-    def intermediate_size(self) -> int:
-        """E = expand * D, the width of the SSM branch."""
-        return self.expand * self.hidden_size
-
     def to_dict(self) -> dict:
         """The ``config.json`` content, readable by ``transformers.MambaConfig``."""
         out = dict(self.extra)
         out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"})
-        out.update(model_type="mamba", architectures=["MambaForCausalLM"],
-                   intermediate_size=self.intermediate_size)
+        out.update(model_type="mamba", architectures=["MambaForCausalLM"])
         out.setdefault("dtype", "float32")
         return out
 
@@ -142,15 +149,10 @@ class MambaConfig:
         if model_type != "mamba":
             raise ValueError(f"config.json has model_type {model_type!r}; this class reads 'mamba' (Mamba-1)")
         config.pop("architectures", None)
-        intermediate = config.pop("intermediate_size", None)
         names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: v for k, v in config.items() if k in names}
         extra = {k: v for k, v in config.items() if k not in names}
-        cfg = cls(**known, extra=extra)
-        if intermediate is not None and intermediate != cfg.intermediate_size:
-            raise ValueError(f"config.json says intermediate_size={intermediate} but expand * hidden_size = "
-                             f"{cfg.expand} * {cfg.hidden_size} = {cfg.intermediate_size}")
-        return cfg
+        return cls(**known, extra=extra)
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -191,21 +193,6 @@ def _from_mamba_ssm_config(c: dict) -> dict:
 # The pieces
 # --------------------------------------------------------------------------------------------
 
-def store_input_major_(module: nn.Module) -> None:
-    """Keep ``module.weight``, an (out, in) matrix, in the memory order of its transpose.
-
-    Shape, values, state-dict key and checkpoint bytes stay those of ``nn.Linear`` (a checkpoint
-    stores a contiguous copy); only the order in memory changes, so that ``F.linear`` computes
-    x Wᵀ with Wᵀ contiguous. For one token that product is a matrix-vector product, bound by
-    reading W from memory, and MKL reads Wᵀ this way at ~25 GB/s against ~15 GB/s in PyTorch's
-    default order (measured on the 2-core test machine; the 50k-vocabulary head's product takes
-    6.5 ms instead of 9.9 ms): recurrent generation spends about 1.5x less time on its weights.
-    The order survives ``.to()``, ``load_state_dict``, deep copies and optimiser steps.
-    """
-    weight = module.weight
-    module.weight = nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
-
-
 class RMSNorm(nn.Module):
     """Root-mean-square normalisation: y = x / sqrt(mean(x²) + ε) · w  (no mean subtraction, no bias).
 
@@ -234,6 +221,10 @@ def causal_conv_step(conv_state: torch.Tensor, x: torch.Tensor, weight: torch.Te
 
     conv_state (b, E, K-1) holds x_{t-K+1} … x_{t-1} (oldest first) and slides by one token, in
     place. x (b, E), weight (E, K), bias (E,) or None. Returns y_t (b, E), before the SiLU.
+
+    transformers keeps K inputs per channel instead (the window *after* adding x_t); the oldest
+    of them never reaches another output. :meth:`MambaCache.to_transformers_conv_states` and
+    :meth:`MambaCache.from_transformers` convert at the boundary.
     """
     window = torch.cat([conv_state, x.unsqueeze(-1)], dim=-1)   # (b, E, K)
     conv_state.copy_(window[:, :, 1:])                           # drop the oldest input
@@ -241,208 +232,237 @@ def causal_conv_step(conv_state: torch.Tensor, x: torch.Tensor, weight: torch.Te
     return y if bias is None else y + bias
 
 
-def selective_ssm_step(h: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
-                       B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
-    """One step of the selective SSM (paper Algorithm 2, one t), updating h in place:
+def _zero_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """x (b, l, E) with the padded positions (mask 0) set to zero."""
+    return x if attention_mask is None else x * attention_mask[..., None].to(x.dtype)
 
-        h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_t        y_t = C_t · h_t + D ⊙ x_t
 
-    h (b, E, N) (its dtype is the compute dtype), x and delta (b, E) (Δ already softplus-ed),
-    A (E, N), B and C (b, N), D (E,). Returns y_t (b, E) in h's dtype.
+class MambaShell(nn.Module):
+    """The Mamba block's mixer around an SSM layer (paper Figure 3): everything but the SSM.
+
+        x (b, l, D) --in_proj--> u, z (b, l, E)
+        u --causal depthwise conv1d over time, SiLU--> u'
+        u' --the SSM layer--> y                         (y, u' of shape (b, l, E))
+        y · SiLU(z) --out_proj--> (b, l, D)             (without the gate: out_proj(y))
+
+    Not used alone: a mixer class inherits from this *and* from the SSM layer it wraps, whose
+    forward / step / init_state it calls -- :class:`MambaMixer` (this + stage 4's S6 layer) and
+    :class:`LTIMambaMixer` (this + stage 3's LTI layer; the LTI rows of Table 1). The SSM layer's
+    parameters are the mixer's own, so checkpoint keys stay flat (``mixer.A_log``,
+    ``mixer.x_proj.weight``, ...), as in the Hugging Face checkpoints.
+
+    ``attention_mask`` (b, l), 1 for a token and 0 for padding: padded positions are zeroed
+    before the convolution and before the SSM, so with left padding they reach neither the
+    convolution's window nor the state, and each row computes what it would alone.
+    (transformers zeroes them before in_proj and after the convolution: the same when in_proj
+    has no bias, as in every released Mamba; with a bias its padding leaks the bias into the
+    window.)
     """
-    h.mul_(torch.mul(delta.unsqueeze(-1), A).exp_())             # Ā_t h_{t-1} (exp in place: one buffer)
-    h.addcmul_((delta * x).unsqueeze(-1), B.unsqueeze(1).to(h.dtype))   # + B̄_t x_t
-    y = torch.bmm(h, C.unsqueeze(-1).to(h.dtype)).squeeze(-1)    # C_t h_t: (b, E)
-    return y if D is None else torch.addcmul(y, x, D)
 
-
-class MambaMixer(nn.Module):
-    """The Mamba block's mixer (paper Figure 3, Algorithm 2): gated, convolved, selective SSM.
-
-    Input and output x: (b, l, D). Parameters (names as in the checkpoints):
-        in_proj   (2E, D)        x -> [x, z]
-        conv1d    (E, 1, K), (E,) depthwise causal convolution
-        x_proj    (R + 2N, E)    x -> [Δ_low_rank, B, C]
-        dt_proj   (E, R), (E,)   Δ_low_rank -> Δ (before softplus; the bias sets Δ's scale)
-        A_log     (E, N)         A = -exp(A_log), real and negative (S4D-Real)
-        D         (E,)           skip connection
-        out_proj  (D, E)
-    """
-
-    def __init__(self, config: MambaConfig):
-        super().__init__()
-        self.config = config
-        D, E, N, K, R = (config.hidden_size, config.intermediate_size, config.state_size,
-                         config.conv_kernel, config.time_step_rank)
-        self.d_inner, self.d_state, self.d_conv, self.dt_rank = E, N, K, R
-        self.in_proj = nn.Linear(D, 2 * E, bias=config.use_bias)
+    def _build_shell(self, config: MambaConfig, gated: bool) -> None:
+        D, E, K = config.hidden_size, config.intermediate_size, config.conv_kernel
+        self.hidden_size, self.d_conv, self.gated = D, K, gated
+        self.in_proj = nn.Linear(D, (2 if gated else 1) * E, bias=config.use_bias)   # x -> u [, z]
         self.conv1d = nn.Conv1d(E, E, kernel_size=K, groups=E, padding=K - 1, bias=config.use_conv_bias)
-        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
-        self.dt_proj = nn.Linear(R, E, bias=True)
-        self.A_log = nn.Parameter(torch.empty(E, N))
-        self.D = nn.Parameter(torch.empty(E))
         self.out_proj = nn.Linear(E, D, bias=config.use_bias)
-        self.reset_parameters()
-        for linear in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj):
-            store_input_major_(linear)                            # faster one-token products
+        with torch.no_grad():
+            for linear in (self.in_proj, self.out_proj):
+                if linear.bias is not None:
+                    linear.bias.zero_()
+            # GPT-2 style, as in the official init: the residual branch's output projection is
+            # scaled by 1/sqrt(layers) so the residual stream's variance does not grow with depth
+            self.out_proj.weight /= math.sqrt(config.num_hidden_layers)
 
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """The paper's initialisation (Section 3.6 and the official code)."""
-        cfg = self.config
-        for linear in (self.in_proj, self.x_proj, self.dt_proj, self.out_proj):
-            linear.reset_parameters()                             # PyTorch's kaiming-uniform
-        self.conv1d.reset_parameters()
-        for linear in (self.in_proj, self.out_proj):
-            if linear.bias is not None:
-                linear.bias.zero_()
-        # Δ's projection: weight ~ U(-s, s) with s = R^-1/2 (or constant s).
-        s = cfg.time_step_rank ** -0.5 * cfg.time_step_scale
-        if cfg.time_step_init_scheme == "constant":
-            self.dt_proj.weight.fill_(s)
-        else:
-            self.dt_proj.weight.uniform_(-s, s)
-        # Δ = softplus(bias) should start log-uniform in [time_step_min, time_step_max]:
-        # bias = softplus⁻¹(Δ) = Δ + log(1 - exp(-Δ)).
-        lo, hi = math.log(cfg.time_step_min), math.log(cfg.time_step_max)
-        dt = torch.exp(torch.rand(self.d_inner) * (hi - lo) + lo).clamp(min=cfg.time_step_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        # S4D-Real: A_n = -(n + 1), stored as A_log = log(1..N) for every channel.
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand(self.d_inner, -1))
-        self.D.fill_(1.0)
-        # GPT-2 style, as in the official init: scale the residual branch's output projection
-        # by 1/sqrt(number of layers) so the residual stream's variance does not grow with depth.
-        self.out_proj.weight /= math.sqrt(cfg.num_hidden_layers)
-
-    def forward(self, x: torch.Tensor, return_states: bool = False):
-        """The parallel form over a whole sequence. x: (b, l, D) -> (b, l, D).
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
+        """The parallel form over a whole sequence, the teaching path. x (b, l, D) -> (b, l, D).
 
         With ``return_states`` also returns the recurrent state after the last token:
         (conv_state (b, E, K-1), ssm_state (b, E, N)), ready for :meth:`step`.
         """
-        b, l, _ = x.shape
-        E, N, K, R = self.d_inner, self.d_state, self.d_conv, self.dt_rank
-        # Everything stays time-major, (b, l, channels) in memory, as the linear layers produce
-        # and consume it. The conv and the scan see (b, E, l) *views* of that memory (the
-        # official layout, with transposed strides), so no (b, E, l) tensor is ever copied
-        # into channel-major order, and the fused scan reads and writes each time step's
-        # channels contiguously (~15% faster than channel-major at E=1536, L=2048, measured).
-        xz = self.in_proj(x)                                     # (b, l, 2E)
-        x, z = xz[..., :E].transpose(1, 2), xz[..., E:].transpose(1, 2)   # (b, E, l) views each
-        conv_state = F.pad(x[:, :, -(K - 1):], (max(0, K - 1 - l), 0)) if return_states and K > 1 \
-            else x.new_zeros(b, E, 0)                            # last K-1 conv inputs: (b, E, K-1)
-        # the causal depthwise conv as a (1 × K) conv2d over a (b, E, 1, l) view: with channels
-        # innermost in memory ("channels last") oneDNN convolves in place and answers time-major
-        # (self.conv1d holds the weights; called as a module it would copy to channel-major first)
-        x = F.conv2d(x.unsqueeze(2), self.conv1d.weight.unsqueeze(2), self.conv1d.bias,
-                     padding=(0, K - 1), groups=E)               # (b, E, 1, l + K - 1)
-        x = F.silu(x[..., :l].squeeze(2))                        # (b, E, l), time-major in memory
+        check_layer_input(x, self.hidden_size, type(self).__name__)
+        check_has_data(f"{type(self).__name__}'s weights", self.in_proj.weight)
+        l, K = x.shape[1], self.d_conv
+        xz = self.in_proj(x)                                                 # (b, l, 2E) or (b, l, E)
+        u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)             # (b, l, E) each
+        u = _zero_padding(u, attention_mask)                                 # padding feeds nothing forward
+        conv = self.conv1d(u.transpose(1, 2))[..., :l]                       # causal conv over time: (b, E, l)
+        u_conv = _zero_padding(F.silu(conv).transpose(1, 2), attention_mask)  # (b, l, E)
+        out = super().forward(u_conv, return_last_state=return_states)       # the SSM layer: (b, l, E)
+        y, h = out if return_states else (out, None)
+        if self.gated:
+            y = y * F.silu(z)                                                # the gate
+        y = self.out_proj(y)                                                 # (b, l, D)
+        if not return_states:
+            return y
+        window = F.pad(u.transpose(1, 2), (K - 1, 0))[..., l:]               # last K-1 conv inputs: (b, E, K-1)
+        return y, (window, h)
 
-        x_dbl = self.x_proj(x.transpose(1, 2))                   # (b, l, R + 2N)
-        dt, B, C = torch.split(x_dbl, [R, N, N], dim=-1)         # (b, l, R), (b, l, N), (b, l, N)
-        delta = self.dt_proj(dt).transpose(1, 2)                 # Δ before softplus: (b, E, l)
-        wide = torch.float64 if x.dtype == torch.float64 else torch.float32   # the scan's precision
-        A = -torch.exp(self.A_log.to(wide))                      # (E, N)
-        out = selective_scan(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.to(wide), z=z,
-                             delta_softplus=True, return_last_state=return_states)
-        y, ssm_state = out if return_states else (out, None)    # y: (b, E, l), time-major in memory
-        y = self.out_proj(y.transpose(1, 2))                     # (b, l, D)
-        return (y, (conv_state, ssm_state)) if return_states else y
-
-    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor,
-             A: torch.Tensor | None = None) -> torch.Tensor:
-        """The recurrent form: one token. x: (b, D) -> (b, D); updates the two states in place.
+    def step(self, x: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
+        """The recurrent form: one token. x (b, D) -> (b, D); updates the two states in place.
 
         conv_state (b, E, K-1): the previous K-1 conv inputs, oldest first.
         ssm_state  (b, E, N):   h_{t-1}, in float32 (float64 for a float64 model).
-        A          (E, N):      -exp(A_log) in ssm_state's dtype; computed here when not given
-                                (``generate`` computes it once rather than once per token).
-
-        Kept lean on purpose (it runs once per generated token and layer): about twenty small
-        tensor operations, no allocation bigger than one (b, E, N) tensor.
         """
-        # The linear layers are called as F.linear on their parameters rather than through
-        # nn.Module.__call__: the same product without ~4 µs of hook handling per call (measured),
-        # four calls per layer and token. (So forward hooks on those sub-modules do not fire here.)
-        N, R = self.d_state, self.dt_rank
-        x, z = F.linear(x, self.in_proj.weight, self.in_proj.bias).chunk(2, dim=-1)   # (b, E) each
-        x = F.silu(causal_conv_step(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias))  # (b, E)
-        dt, B, C = torch.split(F.linear(x, self.x_proj.weight), [R, N, N], dim=-1)  # (b, R), (b, N), (b, N)
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight, self.dt_proj.bias).to(ssm_state.dtype))  # Δ_t: (b, E)
-        if A is None:
-            A = -torch.exp(self.A_log.to(ssm_state.dtype))       # (E, N)
-        y = selective_ssm_step(ssm_state, x, delta, A, B, C, self.D)   # (b, E)
-        y = y.to(x.dtype) * F.silu(z)                            # gate
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)   # (b, D)
+        xz = self.in_proj(x)                                                 # (b, 2E) or (b, E)
+        u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)             # (b, E) each
+        u = F.silu(causal_conv_step(conv_state, u, self.conv1d.weight[:, 0], self.conv1d.bias))   # (b, E)
+        y, _ = super().step(u, ssm_state)                                    # the SSM layer, one step
+        if self.gated:
+            y = y * F.silu(z)                                                # the gate
+        return self.out_proj(y)                                              # (b, D)
+
+    def init_states(self, batch: int):
+        """Zero states for ``batch`` sequences: (conv_state (b, E, K-1), ssm_state)."""
+        w = self.in_proj.weight
+        window = torch.zeros(batch, self.conv1d.in_channels, self.d_conv - 1, dtype=w.dtype, device=w.device)
+        return window, super().init_state(batch)
+
+
+class MambaMixer(MambaShell, SelectiveSSM):
+    """The Mamba block's mixer (paper Figure 3, Algorithm 2): gated, convolved, selective SSM.
+
+    It *is* stage 4's :class:`~ssm_tutor.selective.SelectiveSSM` (its x_proj, dt_proj, A_log
+    and D, with the paper's initialisation) inside :class:`MambaShell` (in_proj, conv1d, the
+    gate, out_proj). Input and output x: (b, l, D). Parameters (names as in the checkpoints):
+
+        in_proj   (2E, D)        x -> [u, z]
+        conv1d    (E, 1, K), (E,) depthwise causal convolution
+        x_proj    (R + 2N, E)    u -> [Δ_low_rank, B, C]                       (SelectiveSSM)
+        dt_proj   (E, R), (E,)   Δ_low_rank -> Δ (before softplus; the bias sets Δ's scale)
+        A_log     (E, N)         A = -exp(A_log), real and negative (S4D-Real)
+        D         (E,)           skip connection
+        out_proj  (D, E)
+
+    ``fast`` (default True): :meth:`forward` runs :func:`ssm_tutor.fast.mixer.mamba_mixer_forward`,
+    the same computation arranged for a CPU; False runs the teaching path written here
+    (:meth:`MambaShell.forward`). ``gated=False`` drops z (Table 1's "no gate" rows).
+    """
+
+    def __init__(self, config: MambaConfig, *, gated: bool = True, fast: bool = True):
+        super().__init__(config.intermediate_size, config.state_size, dt_rank=config.time_step_rank,
+                         dt_min=config.time_step_min, dt_max=config.time_step_max,
+                         dt_init_floor=config.time_step_floor, dt_scale=config.time_step_scale,
+                         dt_init=config.time_step_init_scheme)                # SelectiveSSM's parameters
+        self._build_shell(config, gated)
+        self.fast = fast
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
+        """x (b, l, D) -> (b, l, D) [, (conv_state, ssm_state)]: the teaching path
+        (:meth:`MambaShell.forward`), or with ``self.fast`` the same computation arranged for speed."""
+        if self.fast:
+            check_layer_input(x, self.hidden_size, "MambaMixer")
+            check_has_data("MambaMixer's weights", self.in_proj.weight)
+            return mamba_mixer_forward(self, x, attention_mask, return_states)   # ssm_tutor.fast.mixer
+        return super().forward(x, attention_mask, return_states)             # the teaching path
+
+
+class LTIMambaMixer(MambaShell, LTISSM):
+    """The Mamba block's shell around stage 3's LTI layer instead of the S6 layer: Δ, B and C
+    are learned constants (S4D-Real, Mamba's discretization Ā = exp(ΔA), B̄ = ΔB), so the SSM
+    is one convolution kernel per channel. The "S4" rows of the Mamba paper's Table 1.
+    Parameters: in_proj, conv1d, out_proj as :class:`MambaMixer`; dt_bias, A_log, B, C, D of
+    :class:`~ssm_tutor.convolution.LTISSM`."""
+
+    fast = False                            # the convolution (an FFT) is its own fast path
+
+    def __init__(self, config: MambaConfig, *, gated: bool = True, fast: bool = False):
+        super().__init__(config.intermediate_size, config.state_size, init="s4d_real", discretization="mamba",
+                         dt_min=config.time_step_min, dt_max=config.time_step_max,
+                         dt_init_floor=config.time_step_floor)               # LTISSM's parameters
+        self._build_shell(config, gated)
+
+
+MIXERS = {"selective": MambaMixer, "lti": LTIMambaMixer}
 
 
 class MambaBlock(nn.Module):
     """Pre-norm residual block: x <- x + Mixer(RMSNorm(x)). The residual stream stays in
-    float32 when ``residual_in_fp32`` (it matters for half-precision weights only)."""
+    float32 when ``residual_in_fp32`` (it matters for half-precision weights only).
 
-    def __init__(self, config: MambaConfig):
+    ``mixer``: "selective" (:class:`MambaMixer`, Mamba) or "lti" (:class:`LTIMambaMixer`);
+    ``gated``: with the SiLU(z) gate (Mamba) or without."""
+
+    def __init__(self, config: MambaConfig, *, mixer: str = "selective", gated: bool = True, fast: bool = True):
         super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {tuple(MIXERS)}, got {mixer!r}")
         self.residual_in_fp32 = config.residual_in_fp32
         self.norm = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
-        self.mixer = MambaMixer(config)
+        self.mixer = MIXERS[mixer](config, gated=gated, fast=fast)
 
     def _residual(self, x):
         return x.float() if self.residual_in_fp32 and x.dtype != torch.float64 else x
 
-    def forward(self, x: torch.Tensor, return_states: bool = False):
-        out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), return_states=return_states)
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
+        out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), attention_mask, return_states)
         if return_states:
             return self._residual(x) + out[0], out[1]
         return self._residual(x) + out
 
-    def step(self, x, conv_state, ssm_state, A=None):
-        return self._residual(x) + self.mixer.step(self.norm(x.to(self.norm.weight.dtype)), conv_state, ssm_state, A)
+    def step(self, x, conv_state, ssm_state):
+        return self._residual(x) + self.mixer.step(self.norm(x.to(self.norm.weight.dtype)), conv_state, ssm_state)
 
 
 class MambaBackbone(nn.Module):
     """Embeddings, the stack of blocks, the final norm (checkpoint prefix ``backbone.``)."""
 
-    def __init__(self, config: MambaConfig):
+    def __init__(self, config: MambaConfig, *, mixer: str = "selective", gated: bool = True, fast: bool = True):
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(MambaBlock(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(MambaBlock(config, mixer=mixer, gated=gated, fast=fast)
+                                    for _ in range(config.num_hidden_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
         nn.init.normal_(self.embeddings.weight, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, return_states: bool = False):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_states: bool = False):
         """input_ids (b, l) -> normalised hidden states (b, l, D), and with ``return_states`` the
         per-layer states after the last token: ([conv (b, E, K-1)], [ssm (b, E, N)])."""
         x = self.embeddings(input_ids)                           # (b, l, D)
         conv_states, ssm_states = [], []
         for layer in self.layers:
             if return_states:
-                x, (conv, ssm) = layer(x, return_states=True)
+                x, (conv, ssm) = layer(x, attention_mask, return_states=True)
                 conv_states.append(conv.detach().contiguous())      # inference state:
                 ssm_states.append(ssm.detach().clone())             # no graph, its own memory
             else:
-                x = layer(x)                                     # (b, l, D)
+                x = layer(x, attention_mask)                     # (b, l, D)
         x = self.norm_f(x)
         return (x, (conv_states, ssm_states)) if return_states else x
 
 
 @dataclass
 class MambaCache:
-    """The whole inference state: per layer the conv window and the SSM state.
+    """The whole inference state of a Mamba-family model: per layer the conv window and the SSM state.
 
     Its size is fixed by the model, (K-1 + N) · E numbers per layer and sequence, however
     many tokens have been read: this is the "constant memory" of recurrent inference.
+
+    The conv window holds the K-1 previous inputs (b, E, K-1); transformers' cache holds K,
+    one more that no later output uses: :meth:`to_transformers_conv_states` and
+    :meth:`from_transformers` convert at the boundary.
     """
 
     conv_states: list      # per layer (b, E, K-1)
     ssm_states: list       # per layer (b, E, N)
     seqlen: int = 0        # tokens read so far
 
+    @property
+    def batch(self) -> int:
+        return self.ssm_states[0].shape[0]
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.conv_states + self.ssm_states)
 
+    def to_transformers_conv_states(self) -> list:
+        """Per layer (b, E, K), transformers' layout: a zero column for the input that has left the window."""
+        return [F.pad(c, (1, 0)) for c in self.conv_states]
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: missing, unexpected, mis-shaped or non-finite weights."""
+    @classmethod
+    def from_transformers(cls, conv_states, ssm_states, seqlen: int = 0) -> "MambaCache":
+        """From transformers' per-layer states: conv (b, E, K) (the oldest column is dropped) and ssm (b, E, N)."""
+        return cls([c[..., 1:].clone() for c in conv_states], [h.float().clone() if h.dtype != torch.float64
+                                                               else h.clone() for h in ssm_states], seqlen)
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,105 +470,114 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 class MambaLM(nn.Module):
-    """Mamba language model; state-dict keys are those of ``transformers.MambaForCausalLM``."""
+    """Mamba language model; state-dict keys are those of ``transformers.MambaForCausalLM``.
 
-    def __init__(self, config: MambaConfig):
+    ``fast`` (default True): the fast path of :mod:`ssm_tutor.fast` (and input-major weights);
+    ``MambaLM(config, fast=False)`` or :meth:`use_fast_path` (False) the teaching path.
+    ``mixer`` and ``gated`` build Table 1's other variants (see ``ssm_tutor.baselines.SSMLM``,
+    which saves them in its own format: transformers reads only the default).
+    """
+
+    def __init__(self, config: MambaConfig, fast: bool = True, *, mixer: str = "selective", gated: bool = True):
         super().__init__()
         self.config = config
-        self.backbone = MambaBackbone(config)
+        self.mixer_kind, self.gated = mixer, gated
+        self.backbone = MambaBackbone(config, mixer=mixer, gated=gated, fast=fast)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        # The head's (V, D) matrix is read whole for every generated token (154 MB at V = 50280):
-        # stored input-major it is read ~1.5x faster. Tied, the embedding shares that order; its
-        # lookup then gathers a strided row, a few microseconds per token.
+        if fast:
+            self._store_input_major()
         if config.tie_word_embeddings:
-            store_input_major_(self.backbone.embeddings)           # (V, D), the head's (out, in)
             self.lm_head.weight = self.backbone.embeddings.weight   # one matrix, two uses
-        else:
-            store_input_major_(self.lm_head)
+
+    def _store_input_major(self) -> None:
+        # The head's (V, D) matrix is read whole for every generated token (154 MB at V = 50280):
+        # stored input-major it is read ~1.5x faster (ssm_tutor.fast.layout). Tied, the embedding
+        # shares that order; its lookup then gathers a strided row, a few microseconds per token.
+        store_input_major_(self.backbone.embeddings if self.config.tie_word_embeddings else self.lm_head)
+        for layer in self.backbone.layers:
+            for name in ("in_proj", "x_proj", "dt_proj", "out_proj"):
+                if hasattr(layer.mixer, name):
+                    store_input_major_(getattr(layer.mixer, name))
+
+    def use_fast_path(self, fast: bool = True) -> "MambaLM":
+        """Run every mixer's forward on the fast path (True) or the teaching path (False). Returns self."""
+        for layer in self.backbone.layers:
+            layer.mixer.fast = bool(fast) and isinstance(layer.mixer, MambaMixer)
+        return self
 
     # ---- parallel form ----------------------------------------------------------------------
-    def _check_ids(self, ids: torch.Tensor, name: str, dim: int, shape: str) -> None:
-        if not isinstance(ids, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
-        if ids.dtype != torch.long:
-            raise TypeError(f"{name} must have dtype torch.long (int64), got {ids.dtype}")
-        if ids.dim() != dim:
-            raise ValueError(f"{name} must have shape {shape}, got shape {tuple(ids.shape)}")
-        if ids.numel() == 0:
-            raise ValueError(f"{name} is empty (shape {tuple(ids.shape)}); give at least one token")
-        device = self.lm_head.weight.device
-        if ids.device != device:
-            raise ValueError(f"{name} is on device {ids.device} but the model is on {device}")
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= self.config.vocab_size:
-            raise ValueError(f"{name} holds ids in [{lo}, {hi}] but vocab_size is {self.config.vocab_size}: "
-                             f"every id must be in [0, {self.config.vocab_size - 1}]")
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                return_cache: bool = False):
+        """input_ids (b, l) -> logits (b, l, V) (float32; float64 for a float64 model), and the
+        cache after the last token when ``return_cache`` (so :meth:`step` can continue).
 
-    def forward(self, input_ids: torch.Tensor, return_cache: bool = False):
-        """input_ids (b, l) int64 -> logits (b, l, V) (float32), and the cache after the last
-        token when ``return_cache`` (so :meth:`step` can continue the sequence)."""
-        self._check_ids(input_ids, "input_ids", 2, "(batch, length)")
-        out = self.backbone(input_ids, return_states=return_cache)   # (b, l, D) [, states]
+        ``attention_mask`` (b, l): 1 for tokens, 0 for padding. Left-pad prompts of different
+        lengths: each row then gives the logits and cache it would give alone (padded positions'
+        logits are meaningless)."""
+        check_has_data("the model's weights", self.lm_head.weight)
+        check_token_ids(input_ids, self.config.vocab_size, device=self.lm_head.weight.device)
+        if attention_mask is not None:
+            check_mask(attention_mask, input_ids, left_padded=return_cache)
+        out = self.backbone(input_ids, attention_mask, return_states=return_cache)   # (b, l, D) [, states]
         x, states = out if return_cache else (out, None)
-        logits = self.lm_head(x.to(self.lm_head.weight.dtype)).float()   # (b, l, V)
+        logits = self._logits(x)                                                      # (b, l, V)
         return (logits, MambaCache(*states, input_ids.shape[1])) if return_cache else logits
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.lm_head.weight
+        return self.lm_head(x.to(w.dtype)).to(compute_dtype(w.dtype))
 
     # ---- recurrent form ---------------------------------------------------------------------
     @torch.inference_mode()
     def init_cache(self, batch: int) -> MambaCache:
         """An empty cache (all zeros: the state before any token) for ``batch`` sequences."""
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be a positive int, got {batch!r}")
-        w = self.lm_head.weight
-        state_dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
-        E, N, K = self.config.intermediate_size, self.config.state_size, self.config.conv_kernel
-        L = self.config.num_hidden_layers
-        return MambaCache([torch.zeros(batch, E, K - 1, dtype=w.dtype, device=w.device) for _ in range(L)],
-                          [torch.zeros(batch, E, N, dtype=state_dtype, device=w.device) for _ in range(L)])
+        positive_int("batch", batch)
+        states = [layer.mixer.init_states(batch) for layer in self.backbone.layers]
+        return MambaCache([c for c, _ in states], [h for _, h in states])
 
     @staticmethod
     def cache_nbytes(cache: MambaCache) -> int:
         return cache.nbytes()
 
-    def _step(self, token_ids: torch.Tensor, cache: MambaCache, As: list | None = None) -> torch.Tensor:
+    def _step(self, token_ids: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         x = self.backbone.embeddings(token_ids)                  # (b, D)
-        As = As or [None] * len(cache.ssm_states)
-        for layer, conv, ssm, A in zip(self.backbone.layers, cache.conv_states, cache.ssm_states, As):
-            x = layer.step(x, conv, ssm, A)                      # (b, D)
+        for layer, conv, ssm in zip(self.backbone.layers, cache.conv_states, cache.ssm_states):
+            x = layer.step(x, conv, ssm)                         # (b, D)
         cache.seqlen += 1
-        return self.lm_head(self.backbone.norm_f(x).to(self.lm_head.weight.dtype)).float()   # (b, V)
+        return self._logits(self.backbone.norm_f(x))             # (b, V)
 
     @torch.inference_mode()
     def step(self, token_ids: torch.Tensor, cache: MambaCache):
         """Read one token per sequence: token_ids (b,) -> (logits (b, V), cache), the cache
         updated in place. Memory does not grow with the number of tokens read."""
-        self._check_ids(token_ids, "token_ids", 1, "(batch,)")
-        if not isinstance(cache, MambaCache):
-            raise TypeError(f"cache must be a MambaCache (from init_cache or forward(return_cache=True)), "
-                            f"got {type(cache).__name__}")
-        if len(cache.ssm_states) != self.config.num_hidden_layers or cache.ssm_states[0].shape[0] != token_ids.shape[0]:
-            raise ValueError(f"cache holds {len(cache.ssm_states)} layers for batch {cache.ssm_states[0].shape[0]}, "
-                             f"but the model has {self.config.num_hidden_layers} layers and token_ids has batch "
-                             f"{token_ids.shape[0]}")
+        check_token_ids(token_ids, self.config.vocab_size, name="token_ids", dim=1,
+                        device=self.lm_head.weight.device)
+        check_cache(cache, MambaCache, token_ids.shape[0])
+        if len(cache.ssm_states) != self.config.num_hidden_layers:
+            raise ValueError(f"cache holds {len(cache.ssm_states)} layers but the model has "
+                             f"{self.config.num_hidden_layers}")
         return self._step(token_ids, cache), cache
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, seed: int | None = None) -> torch.Tensor:
+                 top_k: int | None = None, seed: int | None = None,
+                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Continue each prompt by ``max_new_tokens`` tokens: input_ids (b, l) -> (b, l + new).
 
         The prompt is read in parallel (one forward pass, which also fills the cache), then
         every new token costs one :meth:`step`. temperature 0 picks the most likely token
         (greedy); otherwise tokens are sampled from softmax(logits / temperature), restricted to
         the ``top_k`` most likely when given, with a generator seeded by ``seed``.
+        ``attention_mask`` (b, l): for a batch of prompts of different lengths, left-padded
+        (0 for padding); each row continues as its prompt would alone.
         """
-        self._check_ids(input_ids, "input_ids", 2, "(batch, length)")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None or a positive int, got {top_k!r}")
+        check_token_ids(input_ids, self.config.vocab_size, device=self.lm_head.weight.device)
+        non_negative_int("max_new_tokens", max_new_tokens)
+        finite_number("temperature", temperature, minimum=0)
+        if top_k is not None:
+            positive_int("top_k", top_k)
+        if attention_mask is not None:
+            check_mask(attention_mask, input_ids, left_padded=True)
         if max_new_tokens == 0:
             return input_ids.clone()
         generator = None
@@ -565,101 +594,46 @@ class MambaLM(nn.Module):
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
 
-        logits, cache = self(input_ids, return_cache=True)      # prefill: (b, l, V)
-        As = [-torch.exp(layer.mixer.A_log.to(h.dtype))          # A per layer, once per call
-              for layer, h in zip(self.backbone.layers, cache.ssm_states)]
+        logits, cache = self(input_ids, attention_mask, return_cache=True)   # prefill: (b, l, V)
         out = torch.empty(input_ids.shape[0], input_ids.shape[1] + max_new_tokens,
-                          dtype=torch.long, device=input_ids.device)
+                          dtype=input_ids.dtype, device=input_ids.device)
         out[:, :input_ids.shape[1]] = input_ids
         token = choose(logits[:, -1])
         for i in range(input_ids.shape[1], out.shape[1]):
             out[:, i] = token
             if i + 1 < out.shape[1]:
-                token = choose(self._step(token, cache, As))
+                token = choose(self._step(token, cache))
         return out
 
-    # ---- checkpoints ------------------------------------------------------------------------
-    def _checkpoint_keys(self) -> dict:
-        """The state dict as stored in a checkpoint (no ``lm_head.weight`` when tied)."""
-        sd = self.state_dict()
-        if self.config.tie_word_embeddings:
-            sd.pop("lm_head.weight")
-        return sd
+    # ---- checkpoints (ssm_tutor.checkpoint) --------------------------------------------------
+    def _tied(self) -> dict:
+        """The checkpoint key that is a copy of another (the tied head), for load_state."""
+        return {"lm_head.weight": "backbone.embeddings.weight"} if self.config.tie_word_embeddings else {}
 
     def save_pretrained(self, path) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (Hugging Face Mamba layout) into ``path``."""
-        from safetensors.torch import save_file
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        """Write ``config.json`` and ``model.safetensors`` (Hugging Face Mamba layout) into ``path``,
+        atomically (see :func:`ssm_tutor.checkpoint.write_checkpoint`; NaN weights are refused)."""
+        if (self.mixer_kind, self.gated) != ("selective", True):
+            raise TypeError(f"save_pretrained writes the Hugging Face Mamba format, which has no mixer="
+                            f"{self.mixer_kind!r}, gated={self.gated}; use ssm_tutor.baselines.save_pretrained")
         cfg = self.config.to_dict()
         cfg["dtype"] = str(self.lm_head.weight.dtype).removeprefix("torch.")
-        (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self._checkpoint_keys().items()}
-        save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+        tensors = {k: v for k, v in self.state_dict().items() if k not in self._tied()}
+        write_checkpoint(path, cfg, tensors)
 
     @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None) -> "MambaLM":
+    def from_pretrained(cls, path, dtype: torch.dtype | None = None, device=None, fast: bool = True) -> "MambaLM":
         """Load a checkpoint directory written by :meth:`save_pretrained`, by
         ``transformers.MambaForCausalLM.save_pretrained``, or by ``mamba_ssm`` (config.json +
         model.safetensors, sharded safetensors, or pytorch_model.bin read with weights_only).
 
         Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key.
         """
-        path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"checkpoint directory {str(path)!r} does not exist")
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json (found: {sorted(os.listdir(path))})")
-        config = MambaConfig.load(path / "config.json")
-        state = _read_weights(path)
+        directory = resolve_directory(path)
+        config = MambaConfig.from_dict(read_config(directory))
+        state = read_tensors(directory)
         if "backbone.embedding.weight" in state and "backbone.embeddings.weight" not in state:
             state["backbone.embeddings.weight"] = state.pop("backbone.embedding.weight")   # official name
-        model = cls(config)
-        model.load_checkpoint_state(state)
+        model = cls(config, fast=fast)
+        load_state(model, state, what="MambaLM", tied=model._tied())
         return model.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else model
-
-    @torch.no_grad()
-    def load_checkpoint_state(self, state: dict) -> None:
-        """Copy a checkpoint's tensors into the model after checking every key and shape."""
-        expected = self._checkpoint_keys()
-        problems = []
-        for key in sorted(set(expected) - set(state)):
-            problems.append(f"missing key {key!r} (expected shape {tuple(expected[key].shape)})")
-        tied_head = state.get("lm_head.weight") if self.config.tie_word_embeddings else None
-        for key in sorted(set(state) - set(expected)):
-            if key == "lm_head.weight" and tied_head is not None:
-                continue                                         # a tied copy, checked below
-            problems.append(f"unexpected key {key!r} (shape {tuple(state[key].shape)})")
-        for key in sorted(set(state) & set(expected)):
-            if tuple(state[key].shape) != tuple(expected[key].shape):
-                problems.append(f"key {key!r} has shape {tuple(state[key].shape)}, the model expects "
-                                f"{tuple(expected[key].shape)}")
-            elif state[key].is_floating_point() and not torch.isfinite(state[key]).all():
-                problems.append(f"key {key!r} contains NaN or infinite values")
-        emb = state.get("backbone.embeddings.weight")
-        if tied_head is not None and emb is not None and not problems:
-            if tied_head.shape != emb.shape or not torch.equal(tied_head, emb):
-                problems.append("config says tie_word_embeddings=true but 'lm_head.weight' differs from "
-                                "'backbone.embeddings.weight'")
-        if problems:
-            raise CheckpointError("checkpoint does not fit MambaLM:\n  " + "\n  ".join(problems))
-        for key, param in expected.items():
-            param.copy_(state[key])
-
-
-def _read_weights(path: Path) -> dict:
-    """Read a checkpoint's tensors without unpickling arbitrary objects."""
-    from safetensors.torch import load_file
-    if (path / "model.safetensors").is_file():
-        return load_file(str(path / "model.safetensors"))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        state = {}
-        for shard in shards:
-            state.update(load_file(str(path / shard)))
-        return state
-    if (path / "pytorch_model.bin").is_file():
-        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path} has no model.safetensors, model.safetensors.index.json or "
-                            f"pytorch_model.bin (found: {sorted(os.listdir(path))})")

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ssm_tutor.selective import selective_scan_ref, validate_scan_args
+from ssm_tutor.selective import compute_dtype, per_channel, selective_scan_ref, step_size
+from ssm_tutor.validate import validate_scan_args
 
 __all__ = [
     "combine",
@@ -273,16 +274,12 @@ def scan_cost(method: str, L: int, record: bool = False, **kwargs) -> ScanCost:
 
 def _compute_dtype(u: torch.Tensor) -> torch.dtype:
     """float64 stays float64; everything else (float16, bfloat16, float32) accumulates in float32."""
-    return torch.float64 if u.dtype == torch.float64 else torch.float32
+    return compute_dtype(u.dtype)
 
 
 def _discretize_delta(delta, delta_bias, delta_softplus, dtype):
-    delta = delta.to(dtype)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]                 # (b, d, l)
-    if delta_softplus:
-        delta = F.softplus(delta)
-    return delta
+    """Δ (b, d, l) by stage 4's rule (a negative Δ without softplus is refused, named)."""
+    return step_size(delta.to(dtype), None if delta_bias is None else delta_bias.to(dtype), delta_softplus)
 
 
 def _grouped(X: torch.Tensor, d: int, dtype) -> torch.Tensor:
@@ -302,16 +299,19 @@ def _finish(y, u, D, z, dtype_in, compute):
 
 def _selective_via_linear_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, method):
     """The textbook route: materialise Ā = exp(ΔA) and B̄u as (b, d, n, l), run ``linear_scan``."""
-    b, d, l, n, _ = validate_scan_args(u, delta, A, B, C, D, z, delta_bias)
+    b, d, l, n, _ = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, allow_complex=True,
+                                       allow_constant_BC=True)
     compute = _compute_dtype(u)
+    state = compute.to_complex() if A.is_complex() else compute                 # complex A: complex state
     u_c = u.to(compute)
     dt = _discretize_delta(delta, delta_bias, delta_softplus, compute)          # (b, d, l)
-    Bg, Cg = _grouped(B, d, compute), _grouped(C, d, compute)                   # (b, g, n, l)
-    g = Bg.shape[1]
-    a = torch.exp(dt[:, :, None, :] * A.to(compute)[None, :, :, None])           # Ā: (b, d, n, l)
-    x = (dt * u_c).view(b, g, d // g, 1, l) * Bg[:, :, None]                      # B̄u: (b, g, d/g, n, l)
-    h = linear_scan(a, x.reshape(b, d, n, l), method)                             # (b, d, n, l)
-    y = (h.view(b, g, d // g, n, l) * Cg[:, :, None]).sum(3).reshape(b, d, l)     # y_t = C_t · h_t
+    Bc, Cc = per_channel(B, b, d, l, state), per_channel(C, b, d, l, state)     # (b, d, l, n) each
+    a = torch.exp(dt[:, :, None, :] * A.to(state)[None, :, :, None])             # Ā: (b, d, n, l)
+    x = ((dt * u_c)[..., None] * Bc).transpose(2, 3)                             # B̄u: (b, d, n, l)
+    h = linear_scan(a, x, method)                                                 # (b, d, n, l)
+    y = (h * Cc.transpose(2, 3)).sum(2)                                           # y_t = C_t · h_t: (b, d, l)
+    if y.is_complex():
+        y = 2 * y.real                                                            # conjugate pairs
     y = _finish(y, u_c, D, z, u.dtype, compute)
     return (y, h[..., -1]) if return_last_state else y
 
@@ -487,13 +487,16 @@ def _selective_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return
     passes over (b, d, l) tensors, ~15% of the run time), it checks the output's sum once; a NaN
     in any input reaches the output, and then the full check runs and names the argument.
     (An infinite input whose effect vanishes, e.g. A = -inf resetting the state, is accepted.)"""
-    b, d, l, n, _ = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=False)
+    b, d, l, n, groups = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=False,
+                                            allow_constant_BC=True)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     compute = _compute_dtype(u)
     u_c = u.to(compute)
     dt = _discretize_delta(delta, delta_bias, delta_softplus, compute)                # Δ: (b, d, l)
     Bg, Cg = _grouped(B, d, compute), _grouped(C, d, compute)                         # (b, g, n, l)
+    if groups == -1:                                              # time-invariant B or C: one group per channel
+        Bg, Cg = (per_channel(X, b, d, l, compute).transpose(2, 3) for X in (B, C))  # (b, d, n, l)
     y, h = _FusedSelectiveScan.apply(u_c, dt, A.to(compute), Bg, Cg, chunk_size or 64)
     y = _finish(y, u_c, D, z, compute, compute)                                       # + D u, gate with SiLU(z)
     if not bool(torch.isfinite(y.sum() + h.sum())):
@@ -543,6 +546,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             (``selective_scan_ref``) or "triton" (``ssm_tutor.kernels``, stage 6).
         chunk_size: time steps per chunk for "fused" (default 64).
 
+    What each method takes beyond the official real layout: time-invariant B, C of shape (d, n)
+    -- every method but "triton"; complex A (S4D-Lin, y = 2 Re(C h)) -- "reference" and the four
+    ``linear_scan`` methods ("auto" then picks "sequential"); the others raise an error that
+    names the method that can. A negative Δ without softplus raises (the state would grow).
+
     Returns y (b, d, l) in u's dtype and, if ``return_last_state``, h_L (b, d, n) in the compute
     dtype (float32, or float64 for float64 inputs). float16/bfloat16 inputs accumulate in float32.
     """
@@ -552,6 +560,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if not isinstance(u, torch.Tensor):
             raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
         method = auto_method(u.device)
+        if isinstance(A, torch.Tensor) and A.is_complex():
+            method = "sequential"                                   # the fused and Triton scans take real A
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if method == "fused":
         return _selective_fused(*args, chunk_size)
@@ -563,6 +573,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         # shapes only: selective_scan_triton validates again and decides about the NaN check
         # (off on CUDA, where it would cost a device sync and a second read of every input)
         validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=False)
+        if not delta_softplus:
+            _discretize_delta(delta, delta_bias, False, _compute_dtype(u))   # refuses a negative Δ, named
         try:
             from ssm_tutor.kernels import selective_scan_triton
         except ImportError as err:

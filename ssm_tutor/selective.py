@@ -1,4 +1,4 @@
-"""Stage 4: selection. Mamba's selective SSM (S6), its readable reference scan, and its LTI twin.
+"""Stage 4: selection. Mamba's selective SSM (S6) and its reference scan.
 
 Notebook: ``notebooks/04_selection.ipynb``. Paper: Gu & Dao, *Mamba: Linear-Time
 Sequence Modeling with Selective State Spaces* (2023), Section 3.2 and Algorithm 2.
@@ -13,15 +13,18 @@ For every channel d and state index n the selective SSM runs the recurrence
 where Δ_t, B_t and C_t depend on the input (that is the selection), and optionally
 gates the output with SiLU(z_t).
 
-What is here:
+What is here (the teaching layer; stage 5's ``ssm_tutor.scan`` makes the scan fast):
 
-* :func:`validate_scan_args` -- the shape/dtype/device/finiteness checks every scan shares;
-* :func:`selective_scan_ref` -- the plain loop over time (the reference for stages 5 and 6);
+* :func:`selective_scan_loop` -- the recurrence above as a plain loop over time, ten lines;
+* :func:`selective_scan_ref` -- the same with the options of the official ``selective_scan_fn``
+  (bias and softplus of Δ, gate z, grouped / time-invariant B and C, complex A, last state);
+* :func:`selective_ssm_step` -- one time step, for recurrent generation (stage 7);
 * :func:`ssm_operator_matrix` -- the (l × l) matrix M with y = M u: Toeplitz (a convolution)
   only when the system is time-invariant;
-* :class:`SelectiveSSM` -- the S6 layer: x_proj -> (Δ, B, C), dt_proj, A = -exp(A_log), D;
-* :class:`TimeInvariantSSM` -- the same layer with Δ, B, C fixed per channel (an LTI system,
-  so it also runs as a convolution with the kernel K_k = C Ā^k B̄).
+* :class:`SelectiveSSM` -- the S6 layer: x_proj -> (Δ, B, C), dt_proj, A = -exp(A_log), D.
+
+Its time-invariant twin (Δ, B, C fixed per channel) is stage 3's
+:class:`ssm_tutor.convolution.LTISSM`, with the same (batch, length, d) layout.
 """
 
 from __future__ import annotations
@@ -33,181 +36,129 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ssm_tutor.convolution import causal_conv, s4d_kernel
-from ssm_tutor.discretize import mamba_diag
+from ssm_tutor.convolution import compute_dtype, dt_bias_init, inverse_softplus, s4d_real
+from ssm_tutor.validate import (check_layer_input, check_positive, check_step_sizes, positive_int,
+                                validate_scan_args)
 
-__all__ = ["selective_scan_ref", "validate_scan_args", "expand_groups", "ssm_operator_matrix",
-           "SelectiveSSM", "TimeInvariantSSM", "s4d_real_A_log", "dt_bias_init", "inverse_softplus"]
+__all__ = ["selective_scan_loop", "selective_scan_ref", "step_size", "per_channel", "selective_ssm_step",
+           "ssm_operator_matrix", "SelectiveSSM", "s4d_real_A_log", "dt_bias_init", "inverse_softplus",
+           "compute_dtype"]
 
 
 # ----------------------------------------------------------------------------------------------
-# argument checks shared by every scan implementation
+# the scan: the loop, then the official options around it
 # ----------------------------------------------------------------------------------------------
 
-def _shape_error(name: str, expected: str, got: torch.Tensor) -> ValueError:
-    return ValueError(f"{name} must have shape {expected}, got shape {tuple(got.shape)}")
+def selective_scan_loop(u, delta, A, B, C, D=None):
+    """The selective scan as a loop over time (Mamba paper, Algorithm 2), h_0 = 0:
 
+        h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t        y_t = C_t · h_t + D u_t
 
-def validate_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, check_finite: bool = True):
-    """Check the selective-scan arguments against the official layout and return
-    ``(batch, d, length, n, groups)``; ``groups`` is 0 for B, C of shape (b, n, l).
+    Shapes: u, delta (b, d, l) with Δ already final (bias and softplus applied); A (d, n);
+    B, C (b, d, l, n) -- every channel's own B_t, C_t (see :func:`per_channel`); D (d,) or None.
+    Returns y (b, d, l) and the last state h (b, d, n).
 
-    Shapes: u, delta, z (b, d, l) with l ≥ 1; A (d, n); B, C (b, n, l) or (b, g, n, l) with
-    g dividing d; D, delta_bias (d,). Nothing is broadcast.
-
-    Types: every argument is a real floating-point ``torch.Tensor`` on u's device;
-    delta and z have u's dtype; B and C share one dtype; float64 is all-or-nothing (mixing it
-    with lower precisions would silently lose precision). A, D and delta_bias may be float32
-    while u is float16/bfloat16, as in the official kernel.
-
-    Values: with ``check_finite`` (the default) a NaN or infinite entry raises.
-
-    Every mismatch raises (TypeError for a wrong type or dtype, ValueError for a wrong shape,
-    device or value) with a message naming the argument, what was expected and what came.
+    A complex A (S4D-Lin: each complex mode stands for a conjugate pair of real states) gives
+    a complex state, and the output of the pair is y_t = 2 Re(C_t · h_t).
     """
-    tensors = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
-    for name in ("u", "delta", "A", "B", "C"):
-        if tensors[name] is None:
-            raise TypeError(f"{name} is required, got None")
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.is_complex():
-            raise TypeError(f"{name} must be real; complex tensors (dtype {t.dtype}) are not supported here")
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"{name} is on device {t.device} but u is on {u.device}; move them to one device")
-    for name in ("delta", "z"):
-        t = tensors[name]
-        if t is not None and t.dtype != u.dtype:
-            raise TypeError(f"{name} must have u's dtype {u.dtype}, got {t.dtype}")
-    if C.dtype != B.dtype:
-        raise TypeError(f"C must have B's dtype {B.dtype}, got {C.dtype}")
-    wide = [name for name, t in tensors.items() if t is not None and t.dtype == torch.float64]
-    if wide and len(wide) != sum(t is not None for t in tensors.values()):
-        narrow = [f"{name} ({t.dtype})" for name, t in tensors.items() if t is not None and t.dtype != torch.float64]
-        raise TypeError(f"float64 must be used for all arguments or none: {', '.join(wide)} are float64 "
-                        f"but {', '.join(narrow)} are not")
-
-    if u.dim() != 3:
-        raise _shape_error("u", "(batch, d, length)", u)
     b, d, l = u.shape
-    if l == 0:
-        raise ValueError("u has length 0: the scan needs at least one time step")
-    if delta.shape != u.shape:
-        raise _shape_error("delta", f"(batch, d, length) = {tuple(u.shape)} like u", delta)
-    if A.dim() != 2 or A.shape[0] != d:
-        raise _shape_error("A", f"(d, n) with d = {d}", A)
-    n = A.shape[1]
-    groups = 0
-    for name, t in (("B", B), ("C", C)):
-        if t.dim() == 3:
-            if t.shape != (b, n, l):
-                raise _shape_error(name, f"(batch, n, length) = {(b, n, l)}", t)
-        elif t.dim() == 4:
-            g = t.shape[1]
-            if t.shape[0] != b or t.shape[2:] != (n, l) or g == 0 or d % g != 0:
-                raise _shape_error(name, f"(batch, groups, n, length) = ({b}, g, {n}, {l}) with g dividing d = {d}", t)
-            if groups and g != groups:
-                raise ValueError(f"B has {groups} groups but C has {g}; they must agree")
-            groups = g
-        else:
-            raise _shape_error(name, f"(batch, n, length) = {(b, n, l)} or (batch, groups, n, length)", t)
-    if (B.dim() == 4) != (C.dim() == 4):
-        raise ValueError(f"B and C must both be grouped or both not: got B {tuple(B.shape)}, C {tuple(C.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (d,):
-            raise _shape_error(name, f"(d,) = ({d},)", t)
-    if z is not None and z.shape != u.shape:
-        raise _shape_error("z", f"(batch, d, length) = {tuple(u.shape)} like u", z)
-
-    if check_finite:
-        for name, t in tensors.items():
-            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-                bad = int((~torch.isfinite(t)).sum())
-                raise ValueError(f"{name} contains {bad} NaN or infinite value(s) out of {t.numel()}")
-    return b, d, l, n, groups
+    deltaA = torch.exp(delta[..., None] * A[:, None, :])    # Ā_t = exp(Δ_t A): (b, d, l, n)
+    deltaB_u = (delta * u)[..., None] * B                    # B̄_t u_t = Δ_t B_t u_t: (b, d, l, n)
+    h = deltaA.new_zeros(b, d, A.shape[1])                   # h_0 = 0: (b, d, n)
+    ys = []
+    for t in range(l):
+        h = deltaA[:, :, t] * h + deltaB_u[:, :, t]          # h_t = Ā_t h_{t-1} + B̄_t u_t: (b, d, n)
+        ys.append((h * C[:, :, t]).sum(-1))                  # y_t = C_t · h_t: (b, d)
+    y = torch.stack(ys, dim=2)                               # (b, d, l)
+    if y.is_complex():
+        y = 2 * y.real                                       # a conjugate pair: y = 2 Re(C h)
+    if D is not None:
+        y = y + D[:, None] * u                               # the skip connection D u
+    return y, h
 
 
-def expand_groups(B: torch.Tensor, d: int) -> torch.Tensor:
-    """(b, n, l) -> (b, d, n, l), or grouped (b, g, n, l) -> (b, d, n, l): channel c uses group c // (d // g).
+def step_size(delta, delta_bias=None, delta_softplus=False):
+    """Δ = softplus(delta + delta_bias) (each part optional), shape (b, d, l) like delta.
 
-    The ungrouped case is a view (no copy)."""
-    if B.dim() == 3:
-        return B.unsqueeze(1).expand(-1, d, -1, -1)
-    return B.repeat_interleave(d // B.shape[1], dim=1)
+    Without softplus Δ must not be negative (:func:`ssm_tutor.validate.check_step_sizes`):
+    exp(Δ A) > 1 would make the state grow without bound."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]                  # (b, d, l)
+    if delta_softplus:
+        return F.softplus(delta)
+    check_step_sizes(delta)
+    return delta
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; float32, float16 and bfloat16 all accumulate in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def per_channel(X, batch, d, length, dtype=None):
+    """B or C in any layout the official scan takes, as every channel's own (b, d, l, n):
 
+        (b, n, l)      shared by all channels            -> a view, no copy
+        (b, g, n, l)   channel c reads group c // (d/g)
+        (d, n)         time-invariant (an LTI system)    -> a view, no copy
+        (…, n, 2l)     real, with complex A: real and imaginary parts interleaved along time
 
-# ----------------------------------------------------------------------------------------------
-# the reference scan
-# ----------------------------------------------------------------------------------------------
+    ``dtype`` converts first (e.g. to the scan's compute dtype)."""
+    if dtype is not None:
+        if dtype.is_complex and not X.is_complex() and X.dim() > 2 and X.shape[-1] == 2 * length:
+            X = torch.view_as_complex(X.to(dtype.to_real()).unflatten(-1, (length, 2)).contiguous())
+        X = X.to(dtype)
+    if X.dim() == 2:                                          # (d, n)
+        return X[None, :, None, :].expand(batch, d, length, X.shape[1])
+    if X.dim() == 3:                                          # (b, n, l)
+        return X.transpose(1, 2)[:, None].expand(batch, d, length, X.shape[1])
+    return X.transpose(2, 3).repeat_interleave(d // X.shape[1], dim=1)      # (b, g, n, l) -> (b, d, l, n)
+
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
-    """The selective scan, written as the plain loop over time (Mamba paper, Algorithm 2).
+    """The selective scan with the signature and meaning of the official ``selective_scan_fn``:
+    :func:`selective_scan_loop` plus the options.
 
-    Args (the official ``selective_scan_fn`` layout):
-        u:      (b, d, l) input
-        delta:  (b, d, l) step sizes Δ before bias and softplus
-        A:      (d, n) real, usually negative (A = -exp(A_log))
-        B, C:   (b, n, l), or (b, g, n, l) shared by d/g channels per group
-        D:      (d,) skip connection, optional
-        z:      (b, d, l) gate, optional: the output is multiplied by SiLU(z)
-        delta_bias: (d,) added to Δ before the softplus, optional
-        delta_softplus: apply softplus to Δ (+ bias)
-        return_last_state: also return h_L of shape (b, d, n)
-
-    Computes, for t = 1 … l (h_0 = 0):
-
-        Δ_t = softplus(delta_t + delta_bias)      (or delta_t + delta_bias without softplus)
+        Δ_t = softplus(delta_t + delta_bias)      (each part optional)
         h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t
-        y_t = (C_t · h_t + D u_t) · SiLU(z_t)
+        y_t = (C_t · h_t + D u_t) · SiLU(z_t)     (D and z optional)
 
-    Returns:
-        y of shape (b, d, l) in u's dtype, and, when asked, the last state h_l of shape (b, d, n)
-        in the compute dtype (float32, or float64 for float64 inputs).
+    Args (the official layout):
+        u, delta, z:  (b, d, l)
+        A:            (d, n) real (Mamba: A = -exp(A_log)), or complex (S4D-Lin; y = 2 Re(C h))
+        B, C:         (b, n, l); grouped (b, g, n, l); time-invariant (d, n); with complex A
+                      complex, or real with (re, im) interleaved along time, (…, n, 2l)
+        D, delta_bias: (d,)
+        return_last_state: also return h_l, (b, d, n), complex for complex A
 
-    All arithmetic runs in float32 (float64 if the inputs are float64), whatever the input dtype,
-    so float16/bfloat16 inputs do not lose precision along the sequence. Bad arguments raise
-    (see :func:`validate_scan_args`). This version materialises the (b, d, l, n) tensors Ā and
-    B̄u: clear, differentiable by autograd, and memory-hungry. Stage 5 (``ssm_tutor.scan``) makes
-    it fast.
+    Returns y (b, d, l) in u's dtype [and h_l in the compute dtype]. Arithmetic runs in float32
+    (float64 for float64 inputs) whatever the input dtype. Bad arguments raise, naming the
+    argument (:func:`ssm_tutor.validate.validate_scan_args`), and so does a negative Δ without
+    softplus. Materialises (b, d, l, n) tensors: clear, differentiable by autograd, memory-hungry.
     """
-    b, d, l, n, groups = validate_scan_args(u, delta, A, B, C, D, z, delta_bias)
-    dtype_in = u.dtype
-    compute = _compute_dtype(dtype_in)
-    u, delta, A = u.to(compute), delta.to(compute), A.to(compute)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(compute)[:, None]            # (b, d, l)
-    if delta_softplus:
-        delta = F.softplus(delta)
-    B = expand_groups(B.to(compute), d).transpose(2, 3)          # (b, d, l, n), a view when not grouped
-    C = expand_groups(C.to(compute), d).transpose(2, 3)          # (b, d, l, n)
-
-    deltaA = torch.exp(delta[..., None] * A[:, None, :])         # Ā_t = exp(Δ_t A): (b, d, l, n)
-    deltaB_u = (delta * u)[..., None] * B                         # B̄_t u_t = Δ_t B_t u_t: (b, d, l, n)
-
-    h = u.new_zeros(b, d, n)                                      # state h_0: (b, d, n)
-    states = []
-    for A_t, Bu_t in zip(deltaA.unbind(2), deltaB_u.unbind(2)):  # each (b, d, n)
-        h = A_t * h + Bu_t                                        # h_t = Ā_t h_{t-1} + B̄_t u_t
-        states.append(h)
-    hs = torch.stack(states, dim=2)                               # (b, d, l, n)
-    y = (hs * C).sum(-1)                                          # y_t = C_t · h_t: (b, d, l)
-    if D is not None:
-        y = y + u * D.to(compute)[:, None]
+    b, d, l, n, _ = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, allow_complex=True,
+                                       allow_constant_BC=True)
+    real = compute_dtype(u.dtype)                                 # float32, or float64
+    state = real.to_complex() if A.is_complex() else real         # the state's dtype
+    delta = step_size(delta.to(real), None if delta_bias is None else delta_bias.to(real), delta_softplus)
+    y, h = selective_scan_loop(u.to(real), delta, A.to(state),
+                               per_channel(B, b, d, l, state), per_channel(C, b, d, l, state),
+                               None if D is None else D.to(real))
     if z is not None:
-        y = y * F.silu(z.to(compute))
-    y = y.to(dtype_in)
+        y = y * F.silu(z.to(real))                                # the gate
+    y = y.to(u.dtype)
     return (y, h) if return_last_state else y
+
+
+def selective_ssm_step(h: torch.Tensor, x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                       B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
+    """One step of the selective SSM (paper Algorithm 2, one t), updating h in place:
+
+        h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t x_t) B_t        y_t = C_t · h_t + D ⊙ x_t
+
+    h (b, E, N) (its dtype is the compute dtype), x and delta (b, E) (Δ already softplus-ed),
+    A (E, N), B and C (b, N), D (E,). Returns y_t (b, E) in h's dtype.
+    """
+    h.mul_(torch.exp(delta.unsqueeze(-1) * A))                     # Ā_t h_{t-1}: (b, E, N)
+    h.addcmul_((delta * x).unsqueeze(-1), B.unsqueeze(1).to(h.dtype))   # + B̄_t x_t
+    y = torch.bmm(h, C.unsqueeze(-1).to(h.dtype)).squeeze(-1)      # C_t · h_t: (b, E)
+    return y if D is None else torch.addcmul(y, x, D)
 
 
 def ssm_operator_matrix(delta, A, B, C):
@@ -217,8 +168,8 @@ def ssm_operator_matrix(delta, A, B, C):
 
     with S_t = Δ_1 + … + Δ_t (the products of Ā add up their exponents) and M_ts = 0 for s > t.
 
-    Args: delta (b, d, l) *after* bias and softplus; A (d, n); B, C (b, n, l) or (b, g, n, l).
-    Returns: M of shape (b, d, l, l), lower triangular.
+    Args: delta (b, d, l) *after* bias and softplus; A (d, n) real; B, C (b, n, l), (b, g, n, l)
+    or (d, n). Returns: M of shape (b, d, l, l), lower triangular.
 
     For a time-invariant system (Δ, B, C constant in t) M_ts depends on t - s only: M is
     Toeplitz and y = M u is a convolution with the kernel K_k = C Ā^k B̄. A selective system
@@ -228,17 +179,16 @@ def ssm_operator_matrix(delta, A, B, C):
     if not isinstance(delta, torch.Tensor) or delta.dim() != 3:
         raise ValueError(f"delta must be a tensor of shape (batch, d, length), got "
                          f"{tuple(delta.shape) if isinstance(delta, torch.Tensor) else type(delta).__name__}")
-    b, d, l, n, _ = validate_scan_args(delta, delta, A, B, C)    # delta plays u's part in the checks
-    compute = _compute_dtype(delta.dtype)
-    delta, A = delta.to(compute), A.to(compute)
-    B = expand_groups(B.to(compute), d)                           # (b, d, n, l)
-    C = expand_groups(C.to(compute), d)                           # (b, d, n, l)
+    b, d, l, n, _ = validate_scan_args(delta, delta, A, B, C, allow_constant_BC=True)   # delta plays u's part
+    real = compute_dtype(delta.dtype)
+    delta, A = delta.to(real), A.to(real)
+    B, C = per_channel(B, b, d, l, real), per_channel(C, b, d, l, real)   # (b, d, l, n)
     S = torch.cumsum(delta, dim=-1)                               # (b, d, l)
     gap = S[..., :, None] - S[..., None, :]                       # S_t - S_s: (b, d, l, l)
     causal = torch.ones(l, l, dtype=torch.bool, device=delta.device).tril()
     gap = torch.where(causal, gap, torch.zeros_like(gap))         # avoid exp of positive numbers above the diagonal
     decay = torch.exp(torch.einsum("bdts,dn->bdtsn", gap, A))     # (b, d, l, l, n)
-    M = torch.einsum("bdnt,bdtsn,bds,bdns->bdts", C, decay, delta, B)
+    M = torch.einsum("bdtn,bdtsn,bds,bdsn->bdts", C, decay, delta, B)
     return M * causal                                             # (b, d, l, l)
 
 
@@ -247,50 +197,16 @@ def ssm_operator_matrix(delta, A, B, C):
 # ----------------------------------------------------------------------------------------------
 
 def s4d_real_A_log(d: int, n: int) -> torch.Tensor:
-    """A_log of shape (d, n) with A = -exp(A_log) = -(1, 2, …, n) in every channel (S4D-Real)."""
-    return torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(d, 1)   # (d, n)
-
-
-def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    """The y with softplus(y) = log(1 + e^y) = x, for x > 0: y = x + log(1 - e^{-x})."""
-    return x + torch.log(-torch.expm1(-x))
-
-
-def dt_bias_init(d: int, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """The dt bias of shape (d,): Δ = softplus(bias) is log-uniform in [dt_min, dt_max] at init
-    (floored at ``dt_init_floor``), so each channel starts with its own time scale."""
-    if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    r = torch.rand(d, generator=generator)                                     # (d,) uniform in [0, 1)
-    dt = torch.exp(r * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    return inverse_softplus(dt.clamp(min=dt_init_floor))                       # (d,)
-
-
-def _check_layer_input(x: torch.Tensor, d: int, where: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 3 or x.shape[-1] != d:
-        raise ValueError(f"{where}: x must have shape (batch, length, d) with d = {d}, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{where}: x must be a floating-point tensor, got dtype {x.dtype}")
-
-
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    """float16/bfloat16 -> float32; float32 and float64 unchanged."""
-    return t.to(_compute_dtype(t.dtype))
-
-
-def _param_dtype(x: torch.Tensor) -> torch.dtype:
-    """Parameters enter the scan in float64 for float64 inputs, else in float32 (the scan's rule)."""
-    return _compute_dtype(x.dtype)
+    """A_log of shape (d, n) with A = -exp(A_log) = -(1, 2, …, n) in every channel (stage 3's
+    S4D-Real). Δ's bias starts from stage 3's :func:`~ssm_tutor.convolution.dt_bias_init`."""
+    return torch.log(-s4d_real(n, torch.float32)).repeat(d, 1)                  # (d, n)
 
 
 ScanFn = Callable[..., torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------
-# the layers
+# the layer
 # ----------------------------------------------------------------------------------------------
 
 class SelectiveSSM(nn.Module):
@@ -306,129 +222,91 @@ class SelectiveSSM(nn.Module):
 
     Parameters carry the names of the official and Hugging Face checkpoints (``x_proj.weight``,
     ``dt_proj.weight``, ``dt_proj.bias``, ``A_log``, ``D``). Initialisation as in the paper:
-    A = -(1, …, n) per channel (S4D-Real), D = 1, dt_proj.weight uniform in ±R^{-1/2}, and
-    dt_proj.bias such that Δ = softplus(bias) is log-uniform in [dt_min, dt_max].
+    A = -(1, …, n) per channel (S4D-Real), D = 1, dt_proj.weight uniform in ±dt_scale·R^{-1/2}
+    (or that constant, ``dt_init="constant"``), and dt_proj.bias such that Δ = softplus(bias) is
+    log-uniform in [dt_min, dt_max].
 
     Args:
         d: channels; n: state size per channel; dt_rank: R, the rank of Δ's projection
         ("auto" = ceil(d / 16), as in Mamba); scan: any function with the signature of
         :func:`selective_scan_ref` (e.g. stage 5's ``ssm_tutor.scan.selective_scan``).
+
+    Recurrent form: :meth:`init_state` and :meth:`step`, one token at a time.
     """
 
     def __init__(self, d: int, n: int = 16, dt_rank: int | str = "auto", dt_min: float = 1e-3,
-                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan: ScanFn | None = None):
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, scan: ScanFn | None = None, *,
+                 dt_scale: float = 1.0, dt_init: str = "random"):
         super().__init__()
         if dt_rank == "auto":
-            dt_rank = math.ceil(d / 16)
-        for name, value in (("d", d), ("n", n), ("dt_rank", dt_rank)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            dt_rank = math.ceil(positive_int("d", d) / 16)
+        check_positive(d=d, n=n, dt_rank=dt_rank)
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d, self.n, self.dt_rank = d, n, dt_rank
+        self.dt_init = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, dt_scale=dt_scale,
+                            dt_init=dt_init)
         self.scan = scan or selective_scan_ref
         self.x_proj = nn.Linear(d, dt_rank + 2 * n, bias=False)          # x -> (Δ_low, B, C)
         self.dt_proj = nn.Linear(dt_rank, d, bias=True)                  # Δ_low -> Δ (before softplus)
-        with torch.no_grad():
-            bound = dt_rank ** -0.5
-            self.dt_proj.weight.uniform_(-bound, bound)                  # (d, R)
-            self.dt_proj.bias.copy_(dt_bias_init(d, dt_min, dt_max, dt_init_floor))
-        self.A_log = nn.Parameter(s4d_real_A_log(d, n))                  # (d, n)
-        self.D = nn.Parameter(torch.ones(d))                             # (d,)
+        self.A_log = nn.Parameter(torch.empty(d, n))                     # (d, n)
+        self.D = nn.Parameter(torch.empty(d))                            # (d,)
+        SelectiveSSM.reset_parameters(self)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The paper's initialisation (Section 3.6 and the official code)."""
+        self.x_proj.reset_parameters()                                   # PyTorch's kaiming-uniform
+        s = self.dt_rank ** -0.5 * self.dt_init["dt_scale"]
+        if self.dt_init["dt_init"] == "constant":
+            self.dt_proj.weight.fill_(s)                                 # (d, R)
+        else:
+            self.dt_proj.weight.uniform_(-s, s)
+        self.dt_proj.bias.copy_(dt_bias_init(self.d, self.dt_init["dt_min"], self.dt_init["dt_max"],
+                                             self.dt_init["dt_init_floor"]))
+        self.A_log.copy_(s4d_real_A_log(self.d, self.n))                 # A = -(1, …, n)
+        self.D.fill_(1.0)
 
     @property
     def A(self) -> torch.Tensor:
         """A = -exp(A_log), shape (d, n): negative, so every Ā = exp(Δ A) lies in (0, 1)."""
-        return -torch.exp(_at_least_float32(self.A_log))
-
-    def _project(self, x: torch.Tensor):
-        """x (b, l, d) -> Δ before bias (b, l, d), B (b, l, n), C (b, l, n)."""
-        dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.n, self.n], dim=-1)
-        return F.linear(dt_low, self.dt_proj.weight), B, C              # bias is added by the scan
+        return -torch.exp(self.A_log.to(compute_dtype(self.A_log.dtype)))
 
     def selection(self, x: torch.Tensor):
         """The input-dependent parameters, for inspection: Δ (b, l, d) after bias and softplus,
         B (b, l, n) and C (b, l, n)."""
-        _check_layer_input(x, self.d, "SelectiveSSM")
-        dt, B, C = self._project(x)
-        return F.softplus(dt + self.dt_proj.bias), B, C
+        check_layer_input(x, self.d, type(self).__name__)
+        dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.n, self.n], dim=-1)
+        return F.softplus(self.dt_proj(dt_low)), B, C
 
     def forward(self, x: torch.Tensor, return_last_state: bool = False):
         """x (batch, length, d) -> y (batch, length, d) [, last state (batch, d, n)]."""
-        _check_layer_input(x, self.d, "SelectiveSSM")
-        dt, B, C = self._project(x)
-        p = _param_dtype(x)
-        out = self.scan(x.transpose(1, 2), dt.transpose(1, 2), self.A.to(p), B.transpose(1, 2), C.transpose(1, 2),
-                        D=self.D.to(p), delta_bias=self.dt_proj.bias.to(p), delta_softplus=True,
-                        return_last_state=return_last_state)
+        check_layer_input(x, self.d, type(self).__name__)
+        dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.n, self.n], dim=-1)   # (b, l, R), (b, l, n) ×2
+        delta = F.linear(dt_low, self.dt_proj.weight)                  # Δ before bias and softplus: (b, l, d)
+        p = compute_dtype(x.dtype)                                      # the scan's precision
+        out = self.scan(x.transpose(1, 2), delta.transpose(1, 2), self.A.to(p), B.transpose(1, 2),
+                        C.transpose(1, 2), D=self.D.to(p), delta_bias=self.dt_proj.bias.to(p),
+                        delta_softplus=True, return_last_state=return_last_state)
         if return_last_state:
             y, h = out
             return y.transpose(1, 2), h
         return out.transpose(1, 2)                                      # (b, l, d)
 
+    # ---- recurrent form ------------------------------------------------------------------------
+    def init_state(self, batch: int) -> torch.Tensor:
+        """h_0 = 0 for ``batch`` sequences: (batch, d, n), float32 (float64 for a float64 layer)."""
+        positive_int("batch", batch)
+        return torch.zeros(batch, self.d, self.n, dtype=compute_dtype(self.A_log.dtype), device=self.A_log.device)
 
-class TimeInvariantSSM(nn.Module):
-    """The LTI counterpart of :class:`SelectiveSSM`: Δ, B and C are parameters, one per channel,
-    the same for every token. Same layout ((batch, length, d) in and out), same A and Δ init.
+    def step(self, x_t: torch.Tensor, h: torch.Tensor, A: torch.Tensor | None = None):
+        """One token: x_t (b, d), h (b, d, n) -> (y_t (b, d), h), h updated in place.
 
-        Δ = softplus(dt_bias)   (d,)        B, C  (d, n)        A = -exp(A_log)  (d, n)
-        h_t = exp(Δ A) ⊙ h_{t-1} + Δ B u_t,   y_t = C · h_t + D u_t
-
-    Because nothing depends on t, the layer is a convolution: y = K * u + D u with the kernel
-    K_k = Σ_n C_n exp(Δ A_n)^k Δ B_n (:meth:`kernel`). ``forward(x, mode="scan")`` runs the
-    selective scan with B, C grouped per channel; ``mode="convolution"`` uses the kernel and
-    an FFT. Both give the same y.
-    """
-
-    def __init__(self, d: int, n: int = 16, dt_min: float = 1e-3, dt_max: float = 0.1,
-                 dt_init_floor: float = 1e-4, scan: ScanFn | None = None):
-        super().__init__()
-        for name, value in (("d", d), ("n", n)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        self.d, self.n = d, n
-        self.scan = scan or selective_scan_ref
-        self.dt_bias = nn.Parameter(dt_bias_init(d, dt_min, dt_max, dt_init_floor))  # (d,)
-        self.A_log = nn.Parameter(s4d_real_A_log(d, n))                             # (d, n)
-        self.B = nn.Parameter(torch.ones(d, n))                                     # (d, n)
-        self.C = nn.Parameter(torch.randn(d, n) * n ** -0.5)                        # (d, n)
-        self.D = nn.Parameter(torch.ones(d))                                        # (d,)
-
-    @property
-    def A(self) -> torch.Tensor:
-        """A = -exp(A_log), shape (d, n)."""
-        return -torch.exp(_at_least_float32(self.A_log))
-
-    @property
-    def delta(self) -> torch.Tensor:
-        """Δ = softplus(dt_bias), shape (d,): one fixed step size per channel."""
-        return F.softplus(_at_least_float32(self.dt_bias))
-
-    def kernel(self, length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """K of shape (d, length): K_k = Σ_n C_n Ā_n^k B̄_n with Ā = exp(Δ A), B̄ = Δ B."""
-        A_bar, B_bar = mamba_diag(self.A.to(dtype), self.B.to(dtype), self.delta.to(dtype))   # (d, n) each
-        return s4d_kernel(A_bar, B_bar, self.C.to(dtype), length)                  # stage 3's Vandermonde kernel
-
-    def forward(self, x: torch.Tensor, return_last_state: bool = False, mode: str = "scan"):
-        """x (batch, length, d) -> y (batch, length, d) [, last state (batch, d, n), scan mode only]."""
-        _check_layer_input(x, self.d, "TimeInvariantSSM")
-        b, l, d = x.shape
-        if mode == "convolution":
-            if return_last_state:
-                raise ValueError("return_last_state needs mode='scan': the convolution never forms the state")
-            p = _param_dtype(x)
-            u = x.transpose(1, 2).to(p)                                             # (b, d, l)
-            K = self.kernel(l, p)                                                     # (d, l)
-            y = causal_conv(u, K) + u * self.D.to(p)[:, None]                      # stage 3's FFT convolution
-            return y.to(x.dtype).transpose(1, 2)                                    # (b, l, d)
-        if mode != "scan":
-            raise ValueError(f"mode must be 'scan' or 'convolution', got {mode!r}")
-        p = _param_dtype(x)
-        u = x.transpose(1, 2)                                                       # (b, d, l)
-        delta = torch.zeros_like(u)                                                 # (b, d, l): Δ = softplus(0 + dt_bias)
-        B = self.B.to(p)[None, :, :, None].expand(b, d, self.n, l)                  # (b, g=d, n, l): one group per channel
-        C = self.C.to(p)[None, :, :, None].expand(b, d, self.n, l)                  # (b, g=d, n, l)
-        out = self.scan(u, delta, self.A.to(p), B, C, D=self.D.to(p), delta_bias=self.dt_bias.to(p),
-                        delta_softplus=True, return_last_state=return_last_state)
-        if return_last_state:
-            y, h = out
-            return y.transpose(1, 2), h
-        return out.transpose(1, 2)                                                  # (b, l, d)
+        ``A`` (d, n) in h's dtype may be passed to skip recomputing -exp(A_log) every token."""
+        dt_low, B, C = self.x_proj(x_t).split([self.dt_rank, self.n, self.n], dim=-1)  # (b, R), (b, n), (b, n)
+        delta = F.softplus(self.dt_proj(dt_low).to(h.dtype))           # Δ_t: (b, d)
+        A = self.A.to(h.dtype) if A is None else A                      # (d, n)
+        y = selective_ssm_step(h, x_t.to(h.dtype), delta, A, B, C, self.D.to(h.dtype))
+        return y.to(x_t.dtype), h

@@ -31,6 +31,8 @@ from typing import NamedTuple
 
 import torch
 
+from ssm_tutor.validate import check_positive
+
 __all__ = ["TaskBatch", "selective_copying", "induction_heads", "mqar", "mqar_mixture", "occurs_again",
            "occurs_again_causal_ceiling", "IGNORE", "NOISE", "MARKER", "TRIGGER",
            "masked_accuracy"]
@@ -50,12 +52,6 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _check_positive(**kwargs):
-    for name, value in kwargs.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8, vocab_size: int = 10,
                       seed: int = 0) -> TaskBatch:
     """Selective-copying examples.
@@ -65,7 +61,7 @@ def selective_copying(num_examples: int, seq_len: int = 64, num_tokens: int = 8,
     targets: IGNORE everywhere except the last ``num_tokens`` positions, which hold the data tokens
              in order (the model's prediction *at* marker j must be data token j).
     """
-    _check_positive(num_examples=num_examples, seq_len=seq_len, num_tokens=num_tokens, vocab_size=vocab_size)
+    check_positive(num_examples=num_examples, seq_len=seq_len, num_tokens=num_tokens, vocab_size=vocab_size)
     if num_tokens > seq_len:
         raise ValueError(f"num_tokens ({num_tokens}) must be at most seq_len ({seq_len})")
     if vocab_size < 3:
@@ -92,7 +88,7 @@ def induction_heads(num_examples: int, seq_len: int = 256, vocab_size: int = 16,
              (0 ≤ p ≤ seq_len - 3) followed by the answer; the trigger again at the last position.
     targets: IGNORE everywhere except the last position, which holds the answer.
     """
-    _check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
+    check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
     if seq_len < 3:
         raise ValueError(f"seq_len must be at least 3 (trigger, answer, trigger), got {seq_len}")
     if vocab_size < 2:
@@ -133,7 +129,7 @@ def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, se
     Raises ValueError when 4·P > seq_len (P pairs and P queries with a noise token after each need
     4P positions), or when the vocabulary has fewer than P keys or P values to draw from.
     """
-    _check_positive(num_examples=num_examples, seq_len=seq_len, num_kv_pairs=num_kv_pairs,
+    check_positive(num_examples=num_examples, seq_len=seq_len, num_kv_pairs=num_kv_pairs,
                     vocab_size=vocab_size)
     P = num_kv_pairs
     if 4 * P > seq_len:
@@ -176,7 +172,7 @@ def mqar_mixture(num_examples: int, seq_len: int, pair_counts, vocab_size: int, 
     pair_counts = [pair_counts] if isinstance(pair_counts, int) else list(pair_counts)
     if not pair_counts or len(pair_counts) > 100:
         raise ValueError(f"pair_counts must list 1 to 100 pair counts, got {pair_counts!r}")
-    _check_positive(num_examples=num_examples)
+    check_positive(num_examples=num_examples)
     if num_examples < len(pair_counts):
         raise ValueError(f"num_examples ({num_examples}) must be at least the number of pair counts "
                          f"({len(pair_counts)}) so that each gets an example")
@@ -194,7 +190,7 @@ def occurs_again(num_examples: int, seq_len: int = 32, vocab_size: int = 16, see
     targets: (num_examples, seq_len), 1 at position t if inputs[t] == inputs[s] for some s > t,
              else 0; every position is scored (two labels, no IGNORE).
     """
-    _check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
+    check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
     g = _generator(seed)
     inputs = torch.randint(0, vocab_size, (num_examples, seq_len), generator=g)        # (N, L)
     same = inputs[:, :, None] == inputs[:, None, :]                                    # (N, L, L): x_t == x_s
@@ -211,7 +207,7 @@ def occurs_again_causal_ceiling(seq_len: int, vocab_size: int) -> float:
     The token occurs again with probability p_t = 1 - (1 - 1/V)^(L-1-t), and the best
     accuracy is the average over positions of max(p_t, 1 - p_t).
     """
-    _check_positive(seq_len=seq_len, vocab_size=vocab_size)
+    check_positive(seq_len=seq_len, vocab_size=vocab_size)
     q = 1.0 - 1.0 / vocab_size
     p = [1.0 - q ** (seq_len - 1 - t) for t in range(seq_len)]
     return sum(max(pt, 1.0 - pt) for pt in p) / seq_len
@@ -242,7 +238,7 @@ def model_logits(model, batch: TaskBatch, batch_size: int = 64) -> torch.Tensor:
     """``model(batch.inputs)`` in eval mode, ``batch_size`` examples at a time: (N, L, vocab)."""
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    _check_positive(batch_size=batch_size)
+    check_positive(batch_size=batch_size)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device                      # run where the model is, answer on the CPU
@@ -283,7 +279,7 @@ def induction_accuracy_by_length(model, lengths, num_examples: int = 32, vocab_s
     does not change the others); only the last position is scored, so only its logits are computed
     (see :func:`last_position_logits`).
     """
-    _check_positive(num_examples=num_examples, batch_size=batch_size)
+    check_positive(num_examples=num_examples, batch_size=batch_size)
     was_training = model.training
     model.eval()
     results = {}

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ssm_tutor import baselines, tasks
+from ssm_tutor.checkpoint import read_config
 from ssm_tutor.tasks import IGNORE, TaskBatch
 
 __all__ = ["lr_at", "masked_cross_entropy", "process_group", "sharded_loss", "shard", "make_task", "build_model", "train",
@@ -62,7 +63,7 @@ __all__ = ["lr_at", "masked_cross_entropy", "process_group", "sharded_loss", "sh
            "EVAL_SEED", "EVAL_LENGTHS"]
 
 TASKS = ("selective_copying", "induction_heads", "mqar", "occurs_again")
-MODELS = ("mamba", "transformer", "ssm", "bimamba")
+MODELS = ("mamba", "transformer", "ssm", "hybrid", "bimamba")
 LABELLING_TASKS = {"occurs_again": 2}   # task -> number of labels: a per-token classifier (bimamba), not an LM
 EVAL_SEED = 10_000_019          # the evaluation batch's seed; training batches use seeds seed·10⁶ + step
 
@@ -161,12 +162,21 @@ def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8, 
 def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
                 n_heads: int = 4, max_len: int = 256, pos_encoding: str = "rope", mixer: str = "selective",
                 gated: bool = True, dt_min: float = 0.001, dt_max: float = 0.1, num_labels: int = 2,
-                bidirectional: bool = True) -> nn.Module:
+                bidirectional: bool = True, attn_layer_period: int = 2, attn_layer_offset: int = 1) -> nn.Module:
     """A fresh model: "mamba" (MambaLM), "transformer" (TransformerLM), "ssm" (SSMLM with mixer/gated),
-    or "bimamba" (the per-token classifier BiMamba with ``num_labels``; ``bidirectional=False``: its causal twin).
+    "hybrid" (HybridLM: layer i is attention when (i - attn_layer_offset) % attn_layer_period == 0, with
+    ``n_heads`` heads, else Mamba), or "bimamba" (the per-token classifier BiMamba with ``num_labels``;
+    ``bidirectional=False``: its causal twin).
 
-    ``dt_min``, ``dt_max`` (mamba, bimamba): the range Δ = softplus(dt_proj bias) starts in (log-uniform per channel).
+    ``dt_min``, ``dt_max`` (mamba, hybrid, bimamba): the range Δ = softplus(dt_proj bias) starts in
+    (log-uniform per channel).
     """
+    if name == "hybrid":
+        from ssm_tutor.hybrid import HybridConfig, HybridLM
+        return HybridLM(HybridConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                                     state_size=d_state, time_step_min=dt_min, time_step_max=dt_max,
+                                     num_attention_heads=n_heads, attn_layer_period=attn_layer_period,
+                                     attn_layer_offset=attn_layer_offset))
     if name == "bimamba":
         from ssm_tutor.bidirectional import BiMamba
         from ssm_tutor.mamba import MambaConfig
@@ -194,12 +204,16 @@ def save_model(model: nn.Module, directory) -> None:
 
 def load_model(directory) -> nn.Module:
     """Load any checkpoint this module writes, choosing the class from config.json's model_type."""
-    config_file = Path(directory) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} has no config.json")
-    if json.loads(config_file.read_text()).get("model_type") == "mamba":
+    model_type = read_config(directory).get("model_type")
+    if model_type == "mamba":
         from ssm_tutor.mamba import MambaLM
         return MambaLM.from_pretrained(directory).eval()
+    if model_type == "ssm_tutor_hybrid":
+        from ssm_tutor.hybrid import HybridLM
+        return HybridLM.from_pretrained(directory)
+    if model_type == "ssm_tutor_bimamba":
+        from ssm_tutor.bidirectional import BiMamba
+        return BiMamba.from_pretrained(directory)
     return baselines.load_pretrained(directory)
 
 
@@ -365,10 +379,14 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--dt-min", type=_positive_float, default=0.001,
                    help="(mamba) smallest initial Δ; a smaller one starts some channels with a longer memory")
     m.add_argument("--dt-max", type=_positive_float, default=0.1, help="(mamba) largest initial Δ")
-    m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer)")
+    m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer, hybrid)")
     m.add_argument("--pos-encoding", default="rope", choices=baselines.POS_ENCODINGS, help="(transformer) positions")
     m.add_argument("--mixer", default="selective", choices=baselines.MIXERS, help="(ssm) the inner layer")
     m.add_argument("--gated", default=True, action=argparse.BooleanOptionalAction, help="(ssm) gate with SiLU(z)")
+    m.add_argument("--attn-layer-period", type=_positive_int, default=2,
+                   help="(hybrid) one attention layer every this many layers")
+    m.add_argument("--attn-layer-offset", type=_non_negative_int, default=1,
+                   help="(hybrid) the first attention layer; layer i is attention when (i - offset) % period == 0")
     m.add_argument("--bidirectional", default=True, action=argparse.BooleanOptionalAction,
                    help="(bimamba) scan both directions; --no-bidirectional: the causal twin")
     o = p.add_argument_group("optimisation")
@@ -539,12 +557,18 @@ def _run(args, argv):
     if args.warmup >= args.steps:
         p.error(f"argument --warmup: must be smaller than --steps ({args.steps}), got {args.warmup}")
     for flag, name in (("--dt-min", "dt_min"), ("--dt-max", "dt_max")):
-        if args.model not in ("mamba", "bimamba") and getattr(args, name) != p.get_default(name):
-            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range (bimamba too); "
+        if args.model not in ("mamba", "hybrid", "bimamba") and getattr(args, name) != p.get_default(name):
+            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range (hybrid and bimamba too); "
                     f"{args.model!r} ignores it")
     if args.dt_min > args.dt_max:
         p.error(f"argument --dt-min: must be at most --dt-max ({args.dt_max}), got {args.dt_min}")
-    if args.model == "transformer" and args.d_model % args.n_heads:
+    for flag, name in (("--attn-layer-period", "attn_layer_period"), ("--attn-layer-offset", "attn_layer_offset")):
+        if args.model != "hybrid" and getattr(args, name) != p.get_default(name):
+            p.error(f"argument {flag}: only --model hybrid has a layer pattern")
+    if args.model == "hybrid" and args.attn_layer_offset >= args.attn_layer_period:
+        p.error(f"argument --attn-layer-offset: must be smaller than --attn-layer-period ({args.attn_layer_period}), "
+                f"got {args.attn_layer_offset}")
+    if args.model in ("transformer", "hybrid") and args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model ({args.d_model}), got {args.n_heads}")
     _check_out(Path(args.out), args.overwrite, p)
     try:
@@ -558,7 +582,8 @@ def _run(args, argv):
                         d_state=args.d_state, n_heads=args.n_heads, max_len=length,
                         pos_encoding=args.pos_encoding, mixer=args.mixer, gated=args.gated,
                         dt_min=args.dt_min, dt_max=args.dt_max, num_labels=LABELLING_TASKS.get(args.task, 2),
-                        bidirectional=args.bidirectional)
+                        bidirectional=args.bidirectional, attn_layer_period=args.attn_layer_period,
+                        attn_layer_offset=args.attn_layer_offset)
     if args.init_from is not None:
         _load_weights_into(model, args.init_from, p)
     rank, world = process_group()

@@ -2,9 +2,12 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ssm_tutor.baselines import (SSMLM, KVCache, TransformerLM, cache_nbytes, causal_fft_conv, load_pretrained,
-                                 lti_kernel, rope, save_pretrained)
+from ssm_tutor.baselines import (SSMLM, KVCache, TransformerLM, cache_nbytes, legacy_ssmlm_key, load_pretrained,
+                                 rope, save_pretrained)
+from ssm_tutor.mamba import MambaCache
+from ssm_tutor.checkpoint import CheckpointError
 from ssm_tutor.selective import selective_scan_ref
 
 DTYPES = [torch.float32, torch.float64]
@@ -46,23 +49,6 @@ def test_ssm_recurrent_step_equals_forward(mixer, gated, dtype):
     torch.testing.assert_close(stepped, full, **TOL[dtype])
 
 
-@pytest.mark.parametrize("length", [1, 7, 64])
-def test_lti_convolution_equals_selective_scan_with_constant_parameters(length):
-    """The LTI mixer is the selective scan with Δ, B, C held constant: the FFT convolution with
-    K[d, k] = Σ_n C Δ B exp(Δ A k) must equal the reference scan's recurrence."""
-    torch.manual_seed(3)
-    b, d, n = 2, 5, 3
-    u = torch.randn(b, d, length, dtype=torch.float64)
-    A = -torch.rand(d, n, dtype=torch.float64) * 3
-    B, C = torch.randn(d, n, dtype=torch.float64), torch.randn(d, n, dtype=torch.float64)
-    delta = torch.rand(d, dtype=torch.float64) * 0.5 + 0.01
-    y_conv = causal_fft_conv(u, lti_kernel(A, B, C, delta, length))
-    # the scan with one group per channel: B, C of shape (b, g = d, n, l), Δ of shape (b, d, l)
-    expand = lambda M: M[None, :, :, None].expand(b, d, n, length).contiguous()
-    y_scan = selective_scan_ref(u, delta[None, :, None].expand(b, d, length).contiguous(), A, expand(B), expand(C))
-    torch.testing.assert_close(y_conv, y_scan, atol=1e-10, rtol=1e-9)
-
-
 @pytest.mark.parametrize("make", [lambda: TransformerLM(7, 16, 2, 2, 10),
                                   lambda: SSMLM(7, 16, 2, mixer="selective"),
                                   lambda: SSMLM(7, 16, 2, mixer="lti", gated=False)])
@@ -98,7 +84,9 @@ def test_kv_cache_grows_with_length_but_ssm_state_does_not():
             sizes.append((cache_nbytes(kv), cache_nbytes(st)))
     # KV cache: 2 (k and v) · layers · heads · head_dim · 4 bytes per token
     assert [s[0] for s in sizes] == [2 * 2 * 16 * 4 * (t + 1) for t in range(40)]
-    assert len({s[1] for s in sizes}) == 1 and sizes[0][1] == 2 * (32 * 4 + 32 * 8) * 4
+    # Mamba: per layer the K-1 = 3 last conv inputs and the N = 8 states of E = 32 channels, float32
+    assert len({s[1] for s in sizes}) == 1 and sizes[0][1] == 2 * (32 * 3 + 32 * 8) * 4
+    assert isinstance(st, MambaCache)
 
 
 def test_learned_positions_refuse_sequences_longer_than_max_len():
@@ -152,7 +140,8 @@ def test_save_and_load_round_trip(make, tmp_path):
     ids = torch.randint(0, 7, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
-    assert loaded.lm_head.weight is loaded.embedding.weight        # still tied
+    embedding = loaded.embedding if isinstance(loaded, TransformerLM) else loaded.backbone.embeddings
+    assert loaded.lm_head.weight is embedding.weight                # still tied
 
 
 def test_loading_a_checkpoint_with_a_missing_key_names_it(tmp_path):
@@ -160,7 +149,80 @@ def test_loading_a_checkpoint_with_a_missing_key_names_it(tmp_path):
 
     save_pretrained(SSMLM(7, 16, 1), tmp_path)
     state = load_file(str(tmp_path / "model.safetensors"))
-    del state["layers.0.D"]
+    del state["backbone.layers.0.mixer.D"]
     save_file(state, str(tmp_path / "model.safetensors"))
-    with pytest.raises(KeyError, match="layers.0.D"):
+    with pytest.raises(CheckpointError, match=r"missing key 'backbone.layers.0.mixer.D'"):
         load_pretrained(tmp_path)
+
+
+# --- SSMLM is the Mamba model; checkpoints of its old layout still load -----------------------
+
+def test_ssmlm_is_mambalm_with_two_switches():
+    from ssm_tutor.mamba import LTIMambaMixer, MambaLM, MambaMixer
+
+    for mixer, gated, cls in [("selective", True, MambaMixer), ("lti", False, LTIMambaMixer)]:
+        model = SSMLM(7, 16, 2, 4, mixer=mixer, gated=gated)
+        assert isinstance(model, MambaLM)
+        assert all(type(layer.mixer) is cls and layer.mixer.gated is gated for layer in model.backbone.layers)
+        assert model.backbone.layers[0].mixer.in_proj.weight.shape == ((2 if gated else 1) * 32, 16)
+
+
+def test_legacy_keys_map_to_the_mamba_block():
+    table = {"embedding.weight": "backbone.embeddings.weight", "norm_f.weight": "backbone.norm_f.weight",
+             "layers.0.norm.weight": "backbone.layers.0.norm.weight",
+             "layers.11.in_proj.weight": "backbone.layers.11.mixer.in_proj.weight",
+             "layers.1.conv1d.bias": "backbone.layers.1.mixer.conv1d.bias",
+             "layers.1.dt_proj.bias": "backbone.layers.1.mixer.dt_proj.bias",
+             "layers.0.dt_bias": "backbone.layers.0.mixer.dt_bias", "layers.0.B": "backbone.layers.0.mixer.B",
+             "layers.0.A_log": "backbone.layers.0.mixer.A_log", "layers.0.out_proj.weight": "backbone.layers.0.mixer.out_proj.weight",
+             "backbone.layers.0.mixer.D": "backbone.layers.0.mixer.D"}              # today's keys pass unchanged
+    assert {k: legacy_ssmlm_key(k) for k in table} == table
+
+
+def _old_ssmlm_logits(t, ids, n_layers, mixer, gated):
+    """The old SSMLM (its own block class), written out from the raw tensors of a checkpoint in
+    the old layout: RMSNorm -> in_proj -> conv -> SiLU -> SSM -> [gate] -> out_proj, residual.
+    The LTI SSM is its FFT convolution with K[d, k] = Σ_n C Δ B exp(Δ A k), as the old code had it."""
+    x = t["embedding.weight"][ids]                                                   # (b, l, d_model)
+    l = ids.shape[1]
+    for i in range(n_layers):
+        p = {k.split(".", 2)[2]: v for k, v in t.items() if k.startswith(f"layers.{i}.")}
+        h = F.rms_norm(x, p["norm.weight"].shape, p["norm.weight"], 1e-5) @ p["in_proj.weight"].T
+        u, z = h.chunk(2, -1) if gated else (h, None)
+        u = F.silu(F.conv1d(u.transpose(1, 2), p["conv1d.weight"], p["conv1d.bias"], padding=3,
+                            groups=u.shape[-1])[..., :l])                              # (b, e, l)
+        A = -torch.exp(p["A_log"])                                                   # (e, N)
+        if mixer == "selective":
+            R = p["dt_proj.weight"].shape[1]
+            dt, B, C = (u.transpose(1, 2) @ p["x_proj.weight"].T).split([R, A.shape[1], A.shape[1]], -1)
+            delta = F.softplus(dt @ p["dt_proj.weight"].T + p["dt_proj.bias"])       # (b, l, e)
+            y = selective_scan_ref(u, delta.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2), p["D"])
+        else:
+            delta = F.softplus(p["dt_bias"])                                         # (e,)
+            k = torch.arange(l, dtype=A.dtype)
+            K = torch.einsum("dn,dnl->dl", p["C"] * p["B"] * delta[:, None], torch.exp((delta[:, None] * A)[..., None] * k))
+            y = torch.fft.irfft(torch.fft.rfft(u, n=2 * l) * torch.fft.rfft(K, n=2 * l), n=2 * l)[..., :l] + p["D"][:, None] * u
+        y = y.transpose(1, 2)
+        if gated:
+            y = y * F.silu(z)
+        x = x + y @ p["out_proj.weight"].T
+    x = F.rms_norm(x, t["norm_f.weight"].shape, t["norm_f.weight"], 1e-5)
+    return x @ t["embedding.weight"].T
+
+
+@pytest.mark.parametrize("name", ["sc_lti_gated", "sc_lti_nogate", "sc_s6_gated", "sc_s6_nogate"])
+def test_shipped_checkpoints_of_the_old_layout_give_the_old_models_logits(name):
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    directory = Path(__file__).resolve().parents[1] / "checkpoints" / name
+    config = json.loads((directory / "config.json").read_text())
+    raw = load_file(str(directory / "model.safetensors"))
+    assert "embedding.weight" in raw                                                 # still the old layout
+    ids = torch.randint(0, config["vocab_size"], (2, 36), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = _old_ssmlm_logits(raw, ids, config["n_layers"], config["mixer"], config["gated"])
+        got = load_pretrained(directory)(ids)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -122,3 +122,20 @@ def test_causal_ceiling_is_the_best_position_only_guess_measured_on_samples(L, V
     rate = targets.mean(0)                                       # P(label 1 | position): (L,)
     best = torch.maximum(rate, 1 - rate).mean().item()           # guess the likelier label at each position
     assert abs(occurs_again_causal_ceiling(L, V) - best) < 0.01
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_checkpoint_round_trip_stores_shared_weights_once(tmp_path, bidirectional):
+    from ssm_tutor.checkpoint import read_config, read_tensors
+
+    model = BiMamba(MambaConfig(**CFG), 3, bidirectional=bidirectional).eval()
+    model.save_pretrained(tmp_path / "m")
+    stored = read_tensors(tmp_path / "m")
+    assert not any("backward_mixer.in_proj" in k or "backward_mixer.out_proj" in k for k in stored)
+    assert any("backward_mixer.A_log" in k for k in stored) == bidirectional
+    assert read_config(tmp_path / "m")["num_labels"] == 3
+    again = BiMamba.from_pretrained(tmp_path / "m")
+    assert again.bidirectional == bidirectional
+    assert again.layers[0].forward_mixer.in_proj is (again.layers[0].backward_mixer or again.layers[0].forward_mixer).in_proj
+    ids = torch.randint(0, 11, (2, 6))
+    torch.testing.assert_close(again(ids), model(ids), rtol=0, atol=0)

@@ -1,28 +1,31 @@
-"""The built website works in a real browser, offline.
+"""The built website works in a real browser, offline, with a clean console.
 
-Opens `_build/html` (built by `jupyter-book build .`) in headless Chromium (Debian's `chromium` and
-`chromium-driver`, driven by selenium) through a local `python -m http.server` on 127.0.0.1, with
-every host other than 127.0.0.1 unresolvable, so nothing can come from a CDN. For each chapter of
-`_toc.yml`: the page loads, its equations are typeset by MathJax (and none is a TeX error), its
-figures are loaded images, its exercise solutions are collapsed dropdowns, and at least one widget
-is rendered from the stored widget state.
-Across the whole site: every internal link, image, script and stylesheet resolves (anchors too),
-and no page loads a script from outside the site.
+Opens `_build/html` (built by `jupyter-book build .`) in headless Chromium (see tests/browser.py for
+how to get it) through a local `python -m http.server` on 127.0.0.1, with every host other than
+127.0.0.1 unresolvable, so nothing can come from a CDN.
+
+Every page of the book (the `_toc.yml` pages, the search page and the index) logs no error and no
+warning in the browser console (an uncaught exception, a failed request such as a missing favicon,
+console.error), apart from the known messages listed in tests/browser.py. Each chapter also: its
+equations are typeset by MathJax (none is a TeX error) and no display equation is wider than the
+text column (book/_static/fit_equations.js shrinks the slightly wide ones; one that still does not
+fit is cut off on the page); its figures are loaded images; its exercise solutions are collapsed
+dropdowns; at least one widget is rendered from the stored widget state, and no widget label is
+cut short. Across the whole site: every internal link, image, script and stylesheet resolves
+(anchors too), and no page loads a script from outside the site. `test_the_checks_catch_*` plants
+each problem in a copy of a chapter page and checks that the checks report it.
 
 Where the site has not been built this module is skipped, except in CI (`CI` or
 `SSM_TUTOR_REQUIRE_BOOK` set), where `.ci/run` builds the book first and a missing build fails.
 `SSM_TUTOR_BOOK_HTML` points the test at another build directory; `SSM_TUTOR_CHROME` and
-`SSM_TUTOR_CHROMEDRIVER` at another browser and driver (default: `chromium`, `chromedriver` on PATH).
+`SSM_TUTOR_CHROMEDRIVER` at another browser and driver.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,23 +36,30 @@ from urllib.parse import urldefrag, urljoin, urlparse
 import pytest
 import yaml
 
+from browser import IN_CI, console_problems, free_port, headless_chromium, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 SITE = Path(os.environ.get("SSM_TUTOR_BOOK_HTML", ROOT / "_build" / "html"))
-IN_CI = bool(os.environ.get("CI") or os.environ.get("SSM_TUTOR_REQUIRE_BOOK"))
 
 
-def toc_chapters() -> list[str]:
-    """The notebooks listed in _toc.yml, e.g. 'notebooks/01_continuous_ssm'."""
+def toc_files() -> list[str]:
+    """Every page of _toc.yml, root first, e.g. 'book/intro', 'notebooks/01_continuous_ssm'."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
-    return [f for f in files if f.startswith("notebooks/")]
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        for chapter in part["chapters"]:
+            files.append(chapter["file"])
+            files.extend(section["file"] for section in chapter.get("sections", []))
+    return [str(Path(f).with_suffix("")) for f in files]
 
 
-CHAPTERS = toc_chapters()
+CHAPTERS = [f for f in toc_files() if f.startswith("notebooks/")]
+OTHER_PAGES = [f for f in toc_files() if not f.startswith("notebooks/")] + ["search", "genindex"]
 
 
-def test_toc_lists_the_eight_chapters_and_they_exist():
-    assert [Path(c).name[:2] for c in CHAPTERS] == [f"{i:02d}" for i in range(1, 9)]
+def test_toc_lists_the_chapters_in_order_and_they_exist():
+    assert len(CHAPTERS) >= 8, CHAPTERS
+    assert [Path(c).name[:2] for c in CHAPTERS] == [f"{i:02d}" for i in range(1, len(CHAPTERS) + 1)]
     missing = [c for c in CHAPTERS if not (ROOT / f"{c}.ipynb").exists()]
     assert not missing, f"chapters in _toc.yml without a notebook: {missing}"
 
@@ -65,29 +75,27 @@ def _site_or_skip() -> Path:
     pytest.skip(message)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _serve(directory: Path):
+    """Start `python -m http.server` on a free local port; return (process, url)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(directory)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return server, url
+        except OSError:
+            time.sleep(0.1)
+    server.terminate()
+    pytest.fail(f"python -m http.server did not answer on {url}")
 
 
 @pytest.fixture(scope="module")
 def site_url():
-    site = _site_or_skip()
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                               "--directory", str(site)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
+    server, url = _serve(_site_or_skip())
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"python -m http.server did not answer on {url}")
         yield url
     finally:
         server.terminate()
@@ -96,59 +104,68 @@ def site_url():
 
 @pytest.fixture(scope="module")
 def browser(site_url):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium = os.environ.get("SSM_TUTOR_CHROME") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = os.environ.get("SSM_TUTOR_CHROMEDRIVER") or shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        message = "headless Chromium is needed: apt-get install -y chromium chromium-driver"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    profile = tempfile.mkdtemp(prefix="ssm-tutor-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1024", f"--user-data-dir={profile}",
-                 # offline: no host but the local server resolves, so a CDN request cannot succeed
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(60)
-    try:
+    with headless_chromium() as driver:
         yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
-def _wait_for(driver, script: str, timeout: float = 30.0):
-    """Poll a JavaScript expression until it is truthy; return its last value."""
-    deadline = time.monotonic() + timeout
-    value = driver.execute_script(f"return ({script});")
-    while not value and time.monotonic() < deadline:
-        time.sleep(0.25)
-        value = driver.execute_script(f"return ({script});")
-    return value
+# --------------------------------------------------------------------------- the checks
+def open_page(driver, url: str) -> None:
+    """Load a page and wait until MathJax has typeset it (and the equations are fitted) and its
+    widgets are drawn, so that everything it logs is in the console."""
+    driver.get_log("browser")        # forget what earlier pages logged
+    driver.get(url)
+    driver.set_script_timeout(30)
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "const mj = window.MathJax;"
+        "if (!(mj && mj.startup && mj.startup.promise)) { done(); return; }"
+        "mj.startup.promise.then(() => setTimeout(done, 100), () => done());")
+    if driver.execute_script("return !!document.querySelector("
+                             "'script[type=\"application/vnd.jupyter.widget-state+json\"]')"):
+        wait_for(driver, "document.querySelector('.jupyter-widgets')", timeout=20)
+        time.sleep(0.5)
 
 
-# --------------------------------------------------------------------------- each chapter
+def overflowing_equations(driver) -> list[str]:
+    """Display equations wider than the text column (after fit_equations.js): cut off on screen."""
+    return driver.execute_script("""
+        const column = document.querySelector('article');
+        const right = column.getBoundingClientRect().right;
+        return Array.from(column.querySelectorAll('mjx-container[display="true"]'))
+          .filter(eq => eq.clientWidth > 0)
+          .filter(eq => eq.scrollWidth > eq.clientWidth + 1 || eq.getBoundingClientRect().right > right + 1)
+          .map(eq => `${eq.textContent.slice(0, 60)}... (${eq.scrollWidth} px wide in a ${eq.clientWidth} px box)`);
+    """)
+
+
+def cut_widget_labels(driver) -> list[str]:
+    """Widget labels (slider descriptions, readouts) whose text is cut short."""
+    return driver.execute_script("""
+        return Array.from(document.querySelectorAll(
+              'article .jupyter-widgets .widget-label, article .jupyter-widgets .widget-readout'))
+          .filter(label => label.clientWidth > 0 && label.scrollWidth > label.clientWidth + 1)
+          .map(label => `"${label.textContent}" (${label.scrollWidth} px of text in ${label.clientWidth} px)`);
+    """)
+
+
+# --------------------------------------------------------------------------- each page
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda c: Path(c).name)
 def test_chapter_page_renders_math_figures_solutions_and_a_widget(chapter, site_url, browser):
-    browser.get(urljoin(site_url, f"{chapter}.html"))
+    open_page(browser, urljoin(site_url, f"{chapter}.html"))
     title = browser.execute_script("const h = document.querySelector('article h1');"
                                    "return h ? h.textContent.trim() : null;")
     assert title, f"{chapter}: no page title (the page did not load?)"
 
-    typeset = _wait_for(browser, "document.querySelectorAll('article mjx-container').length")
+    typeset = wait_for(browser, "document.querySelectorAll('article mjx-container').length")
     assert typeset, f"{chapter}: no equation typeset by MathJax"
     errors = browser.execute_script("return Array.from(document.querySelectorAll('mjx-merror'))"
                                     ".map(e => e.textContent)")
     assert not errors, f"{chapter}: MathJax could not typeset: {errors}"
+    assert not (wide := overflowing_equations(browser)), (
+        f"{chapter}: display equations wider than the text column, cut off on the page: {wide}. "
+        f"Split them over lines (e.g. \\begin{{aligned}} … \\\\ … \\end{{aligned}})")
 
-    _wait_for(browser, "Array.from(document.images).every(i => i.complete)")
+    wait_for(browser, "Array.from(document.images).every(i => i.complete)")
     images = browser.execute_script(
         "return Array.from(document.querySelectorAll('article img'))"
         ".map(i => [i.getAttribute('src'), i.naturalWidth, i.naturalHeight])")
@@ -166,10 +183,66 @@ def test_chapter_page_renders_math_figures_solutions_and_a_widget(chapter, site_
     shown = [sid for sid, dropdown, hidden in solutions if not (dropdown and hidden)]
     assert not shown, f"{chapter}: solutions not in a collapsed dropdown: {shown}"
 
-    widgets = _wait_for(browser, "document.querySelectorAll('article .jupyter-widgets.widget-container, "
-                                 "article .jupyter-widgets .widget-slider, article .widget-inline-hbox').length")
+    widgets = wait_for(browser, "document.querySelectorAll('article .jupyter-widgets.widget-container, "
+                                "article .jupyter-widgets .widget-slider, article .widget-inline-hbox').length")
     assert widgets, (f"{chapter}: no widget rendered (is the widget state saved in the notebook, "
                      f"and the embed script in _static/vendor?)")
+    assert not (cut := cut_widget_labels(browser)), f"{chapter}: widget labels cut short: {cut}"
+
+    assert not (logged := console_problems(browser)), f"{chapter}: the browser console reports {logged}"
+
+
+@pytest.mark.parametrize("page", OTHER_PAGES)
+def test_page_logs_no_console_error(page, site_url, browser):
+    open_page(browser, urljoin(site_url, f"{page}.html"))
+    assert browser.execute_script("return !!document.querySelector('article, #search-results, main')"), \
+        f"{page}: the page did not load"
+    assert not (logged := console_problems(browser)), f"{page}: the browser console reports {logged}"
+
+
+# --------------------------------------------------------------------------- the checks can fail
+PLANTED = """
+<script>const planted_twice = 1;</script>
+<script>const planted_twice = 2;</script>
+<img src="no-such-image.png" alt="planted: a missing image">
+<div class="math notranslate nohighlight">\\[ {wide} \\]</div>
+<div class="jupyter-widgets widget-inline-hbox">
+  <div class="widget-label" style="width: 40px !important; overflow: hidden; text-overflow: ellipsis">
+    a description far too long for its box</div>
+</div>
+"""
+
+
+@pytest.fixture(scope="module")
+def broken_page_url(tmp_path_factory):
+    """A copy of the site with one extra page: chapter 4 with each problem planted in its article."""
+    site = _site_or_skip()
+    copy = tmp_path_factory.mktemp("site")
+    for entry in site.iterdir():
+        if entry.name != "notebooks":
+            (copy / entry.name).symlink_to(entry)
+    (copy / "notebooks").mkdir()
+    for entry in (site / "notebooks").iterdir():
+        (copy / "notebooks" / entry.name).symlink_to(entry)
+    page = (site / f"{CHAPTERS[3]}.html").read_text()
+    wide = " + ".join(f"x_{{{i}}}" for i in range(1, 90))       # no column holds this, even at 70 %
+    at = page.index("<h1", page.index('<article class="bd-article"'))
+    (copy / "notebooks" / "planted.html").write_text(page[:at] + PLANTED.format(wide=wide) + page[at:])
+    server, url = _serve(copy)
+    try:
+        yield urljoin(url, "notebooks/planted.html")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_checks_catch_a_console_error_a_wide_equation_and_a_cut_label(broken_page_url, browser):
+    open_page(browser, broken_page_url)
+    logged = console_problems(browser)
+    assert any("planted_twice" in message for message in logged), logged
+    assert any("no-such-image.png" in message and "404" in message for message in logged), logged
+    assert any("x1+x2+x3" in eq for eq in overflowing_equations(browser)), overflowing_equations(browser)
+    assert any("far too long" in label for label in cut_widget_labels(browser)), cut_widget_labels(browser)
 
 
 # --------------------------------------------------------------------------- the whole site

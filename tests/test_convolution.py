@@ -153,27 +153,64 @@ def test_s4d_initialisations():
 
 
 # ---------------------------------------------------------------------------- the layer
+TOL64 = dict(atol=1e-10, rtol=1e-8)
+
+
+def _layer(init="s4d_real", discretization="zoh", d=3, n=8, dtype=torch.float64, seed=0):
+    """An LTI layer whose every parameter is perturbed off its initial value (nothing special left)."""
+    torch.manual_seed(seed)
+    layer = LTISSM(d, n, init=init, discretization=discretization).to(dtype)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("init", ["s4d_real", "s4d_lin"])
 @pytest.mark.parametrize("discretization", ["zoh", "bilinear", "euler", "mamba"])
-def test_ltissm_convolution_mode_equals_recurrence_mode(init, discretization, dtype):
-    torch.manual_seed(0)
-    layer = LTISSM(3, 8, init=init, discretization=discretization, dtype=dtype)
-    u = torch.randn(2, 3, 64, dtype=dtype)
-    y_conv, y_rec = layer(u, mode="convolution"), layer(u, mode="recurrence")
-    assert y_conv.shape == (2, 3, 64) and y_conv.dtype == dtype
-    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-8)
-    torch.testing.assert_close(y_conv, y_rec, **tol)
+def test_ltissm_convolution_equals_recurrence_equals_step_by_step(init, discretization, dtype):
+    layer = _layer(init, discretization, dtype=dtype)
+    x = torch.randn(2, 64, 3, dtype=dtype)                                       # (b, l, d)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else TOL64
+    with torch.no_grad():
+        y_conv, h_conv = layer(x, mode="convolution", return_last_state=True)
+        y_rec, h_rec = layer(x, mode="recurrence", return_last_state=True)
+        h = layer.init_state(2)
+        y_step = torch.stack([layer.step(x[:, t], h)[0] for t in range(64)], dim=1)
+    assert y_conv.shape == (2, 64, 3) and y_conv.dtype == dtype
+    assert h.shape == (2, 3, 4 if init == "s4d_lin" else 8) and h.is_complex() == (init == "s4d_lin")
+    for y, what in ((y_rec, "recurrence"), (y_step, "step by step")):
+        torch.testing.assert_close(y_conv, y, **tol, msg=lambda m, what=what: f"convolution vs {what}: {m}")
+    torch.testing.assert_close(h_conv, h_rec, **tol)
+    torch.testing.assert_close(h, h_rec, **tol)
+
+
+def test_ltissm_equals_the_selective_scan_with_constant_parameters():
+    """With Mamba's discretization (Ā = exp(ΔA), B̄ = ΔB) the LTI layer is stage 4's reference
+    scan with Δ, B, C held constant: Δ = softplus(dt_bias) every step, B, C of shape (d, n)."""
+    from ssm_tutor.selective import selective_scan_ref
+
+    for init in ("s4d_real", "s4d_lin"):
+        layer = _layer(init, "mamba", d=4, n=6)
+        x = torch.randn(2, 30, 4, dtype=torch.float64)
+        A, B, C = layer.continuous()
+        u = x.transpose(1, 2)                                                     # (b, d, l)
+        with torch.no_grad():                                  # Δ = softplus(0 + dt_bias) at every step
+            y_ref, h_ref = selective_scan_ref(u, torch.zeros_like(u), A, B, C, D=layer.D, delta_bias=layer.dt_bias,
+                                              delta_softplus=True, return_last_state=True)
+            y, h = layer(x, return_last_state=True)
+        torch.testing.assert_close(y, y_ref.transpose(1, 2), **TOL64)
+        torch.testing.assert_close(h, h_ref, **TOL64)
 
 
 def test_ltissm_gradients_agree_between_modes():
-    torch.manual_seed(0)
-    layer = LTISSM(2, 4, init="s4d_lin", dtype=torch.float64)
-    u = torch.randn(1, 2, 40, dtype=torch.float64)
+    layer = _layer("s4d_lin", d=2, n=4)
+    x = torch.randn(1, 40, 2, dtype=torch.float64)
     grads = []
     for mode in ("convolution", "recurrence"):
         layer.zero_grad()
-        layer(u, mode=mode).pow(2).sum().backward()
+        layer(x, mode=mode).pow(2).sum().backward()
         grads.append({k: p.grad.clone() for k, p in layer.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], atol=1e-9, rtol=1e-7)
@@ -182,10 +219,9 @@ def test_ltissm_gradients_agree_between_modes():
 def test_ltissm_complex_kernel_matches_scipy_on_the_real_two_by_two_form():
     # a complex mode λ = a + ib with y = 2 Re(C h) is the real system with A = [[a, -b], [b, a]],
     # B = (Re B, Im B), C = (2 Re C, -2 Im C): discretize that with SciPy and compare kernels
-    torch.manual_seed(0)
-    layer = LTISSM(2, 6, init="s4d_lin", dtype=torch.float64)
+    layer = _layer("s4d_lin", d=2, n=6)
     A, B, C = (t.detach().numpy() for t in layer.continuous())
-    dt = torch.exp(layer.log_dt).detach().numpy()
+    dt = layer.delta.detach().numpy()                                             # Δ = softplus(dt_bias)
     L = 50
     K = layer.kernel(L).detach().numpy()
     for c in range(2):
@@ -201,20 +237,45 @@ def test_ltissm_complex_kernel_matches_scipy_on_the_real_two_by_two_form():
         np.testing.assert_allclose(K[c], y[1:L + 1, 0], atol=1e-10)
 
 
+def test_ltissm_initialisation():
+    layer = LTISSM(64, 8)
+    delta = layer.delta.detach()                                                  # Δ = softplus(dt_bias)
+    assert delta.shape == (64,) and delta.min() >= 1e-3 * (1 - 1e-5) and delta.max() <= 0.1 * (1 + 1e-5)
+    torch.testing.assert_close(layer.continuous()[0], s4d_real(8, torch.float32).expand(64, 8))
+    A = LTISSM(2, 8, init="s4d_lin").continuous()[0]                               # (2, 4) complex
+    torch.testing.assert_close(A, s4d_lin(4).to(torch.complex64).expand(2, 4))
+    assert {k for k, _ in LTISSM(2, 8, init="s4d_lin").named_parameters()} == {"dt_bias", "A_log", "A_imag", "B", "C", "D"}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_ltissm_half_precision_computes_in_float32(dtype):
+    """The FFT has no half-precision CPU kernel: the layer computes in float32 and rounds once."""
+    layer = _layer(dtype=torch.float32)
+    x = torch.randn(2, 50, 3).to(dtype)
+    with torch.no_grad():
+        y = layer.to(dtype)(x)
+        expected = layer.float()(x.float())
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), expected, atol=2e-2, rtol=2e-2)
+    assert causal_conv(x.transpose(1, 2), torch.randn(3, 50).to(dtype)).dtype == dtype
+
+
 def test_ltissm_bad_input_raises():
     layer = LTISSM(3, 4)
-    with pytest.raises(ValueError, match=r"u must have shape \(batch, d, length\) with d = 3, got shape \(2, 4, 10\)"):
-        layer(torch.randn(2, 4, 10))
-    with pytest.raises(ValueError, match=r"u must have shape \(batch, d, length\) with d = 3, got shape \(3, 10\)"):
-        layer(torch.randn(3, 10))
-    with pytest.raises(TypeError, match="u must be a floating-point tensor"):
-        layer(torch.ones(1, 3, 10, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, length, d\) with d = 3, got shape \(2, 10, 4\)"):
+        layer(torch.randn(2, 10, 4))
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, length, d\) with d = 3, got shape \(10, 3\)"):
+        layer(torch.randn(10, 3))
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+        layer(torch.ones(1, 10, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="mode must be one of"):
-        layer(torch.randn(1, 3, 10), mode="fft")
+        layer(torch.randn(1, 10, 3), mode="fft")
     with pytest.raises(ValueError, match="needs an even n"):
         LTISSM(3, 5, init="s4d_lin")
     with pytest.raises(ValueError, match="init must be"):
         LTISSM(3, 4, init="hippo")
+    with pytest.raises(ValueError, match="d must be a positive integer"):
+        LTISSM(0, 4)
 
 
 def test_conv_and_kernel_bad_input_raises():

@@ -74,7 +74,7 @@ def test_without_attention_it_is_mamba():
     hybrid.load_state_dict(state, strict=False)
     assert set(hybrid.state_dict()) - {"lm_head.weight"} == set(state)
     ids = torch.randint(0, 23, (2, 9))
-    torch.testing.assert_close(hybrid(ids), mamba(ids).double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hybrid(ids), mamba(ids))
 
 
 def test_cache_bytes_grow_with_the_attention_layers_only():
@@ -141,3 +141,23 @@ def test_kv_cache_reserve_doubles_and_keeps_what_it_holds():
     assert cache.k[0].shape[2] == 4                                    # enough room: unchanged
     cache.reserve(9)
     assert cache.k[0].shape[2] == 16 and torch.equal(cache.k[0][:, :, :4], k)
+
+
+def test_checkpoint_round_trip_and_named_errors(tmp_path):
+    from ssm_tutor.checkpoint import CheckpointError, read_config, read_tensors
+
+    model = _model(layers=4, period=2, offset=1, dtype=torch.float32, seed=4)
+    model.save_pretrained(tmp_path / "h")
+    config = read_config(tmp_path / "h")
+    assert config["model_type"] == "ssm_tutor_hybrid" and config["layers_block_type"][1] == "attention"
+    assert "lm_head.weight" not in read_tensors(tmp_path / "h")              # tied to the embedding
+    again = HybridLM.from_pretrained(tmp_path / "h")
+    ids = torch.randint(0, 23, (2, 8))
+    torch.testing.assert_close(again(ids), model(ids), rtol=0, atol=0)
+    other = _model(layers=4, period=2, offset=0, dtype=torch.float32)         # attention where Mamba was
+    other.save_pretrained(tmp_path / "o")
+    config = read_config(tmp_path / "o")
+    (tmp_path / "o" / "config.json").write_text(__import__("json").dumps({**config, "attn_layer_offset": 1,
+                                                                          "layers_block_type": None}))
+    with pytest.raises(CheckpointError, match="missing key 'layers.0.mixer.A_log'"):
+        HybridLM.from_pretrained(tmp_path / "o")

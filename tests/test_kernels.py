@@ -5,6 +5,7 @@ no CUDA device). The interpreter executes each program in Python, so shapes stay
 lets the gradients be compared at gradcheck-level tolerances.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 
 from ssm_tutor.selective import selective_scan_ref
 from ssm_tutor.kernels import launch_config, selective_scan_triton, traffic as T
+from ssm_tutor.kernels.config import H100_SMS, MIN_STATES_PER_PROGRAM, WARP_SCHEDULERS_PER_SM, grid_size
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -30,7 +32,8 @@ def make_inputs(b, d, l, n, *, groups=0, has_D=True, has_z=True, has_bias=True, 
     bc_shape = (b, groups, n, l) if groups else (b, n, l)
     args = dict(
         u=rnd(b, d, l),                                   # (b, d, l)
-        delta=rnd(b, d, l, scale=0.5, shift=-0.5),       # (b, d, l) before softplus
+        # (b, d, l) before softplus; without a bias the tests run without softplus, and Δ must be ≥ 0
+        delta=rnd(b, d, l, scale=0.5, shift=-0.5) if has_bias else rnd(b, d, l, scale=0.5).abs(),
         A=-torch.exp(rnd(d, n, scale=0.5)),               # (d, n) negative, like -exp(A_log)
         B=rnd(*bc_shape), C=rnd(*bc_shape),               # (b, n, l) or (b, g, n, l)
         D=rnd(d) if has_D else None,                      # (d,)
@@ -67,6 +70,9 @@ CASES = {
     "grouped-g2": (1, 4, 19, 4, dict(groups=2), dict(chunk=8)),
     "ragged-d-and-n": (1, 5, 13, 3, dict(has_z=False), dict(chunk=8, block_d=2)),
     "grouped-g3-odd-channels": (1, 3, 11, 2, dict(groups=3, has_bias=False), dict(chunk=8)),
+    # the state split: programs share a block of channels, each scanning a slice of the n states
+    "state-split-2": (2, 4, 19, 4, dict(groups=2), dict(chunk=8, n_split=2)),
+    "state-split-ragged-slices": (1, 3, 13, 5, dict(has_bias=False), dict(chunk=8, n_split=3)),
 }
 
 
@@ -159,12 +165,55 @@ def test_bad_inputs_raise_errors_naming_the_argument():
 
 
 def test_launch_config_keeps_blocks_inside_one_group_and_tiles_16_bytes_per_thread():
-    cfg = launch_config(d=12, n=5, groups=2, interpreted=False)     # 6 channels per group
+    cfg = launch_config(d=12, n=5, groups=2, batch=64, interpreted=False)     # 6 channels per group
     assert cfg.block_n == 8 and 6 % cfg.block_d == 0
-    # on a GPU a chunk is 8 threads × 16 bytes of consecutive time steps
+    # on a GPU a chunk is 8 threads × 16 bytes of consecutive time steps, a warp 4 channels
     assert launch_config(d=2048, n=16, elem_size=2, interpreted=False).chunk == 64
     assert launch_config(d=2048, n=16, elem_size=4, interpreted=False).chunk == 32
     assert launch_config(d=3, n=16, interpreted=False).block_d == 4          # no wider than d needs
+    for block_d in (4, 8, 16):
+        assert launch_config(d=2048, n=16, batch=8, block_d=block_d, interpreted=False).num_warps == block_d // 4
+
+
+def test_launch_config_fills_an_h100_at_batch_1():
+    """Mamba-130M's inner width d = 1536 at batch 1: 96 programs (384 warps) with one program per
+    16 channels, for 132 SMs and 528 warp schedulers; the state split makes it 192 programs."""
+    programs = lambda b, d, cfg: math.prod(grid_size(b, d, cfg))
+    cfg = launch_config(d=1536, n=16, batch=1, elem_size=2, interpreted=False)
+    assert cfg.n_split == 2 and cfg.block_n == 8 and cfg.states_per_program(16) == 8
+    assert programs(1, 1536, cfg) == 192 >= H100_SMS
+    assert programs(1, 1536, cfg) * cfg.num_warps == 768 >= WARP_SCHEDULERS_PER_SM * H100_SMS
+    unsplit = launch_config(d=1536, n=16, batch=1, elem_size=2, n_split=1, interpreted=False)
+    assert programs(1, 1536, unsplit) == 96 < H100_SMS                     # what the grid was before
+    # a large batch fills the GPU by itself: no split, no partial outputs to add
+    assert launch_config(d=2048, n=16, batch=8, elem_size=2, interpreted=False).n_split == 1
+    # never fewer than MIN_STATES_PER_PROGRAM states per program, and a smaller GPU needs less
+    assert launch_config(d=64, n=16, batch=1, interpreted=False).n_split == 16 // MIN_STATES_PER_PROGRAM
+    assert launch_config(d=1536, n=16, batch=1, sm_count=16, interpreted=False).n_split == 1
+    with pytest.raises(ValueError, match="n_split must be an integer from 1 to n = 16"):
+        launch_config(d=8, n=16, n_split=17)
+
+
+def test_the_kernel_launches_the_grid_launch_config_chooses(monkeypatch):
+    """Wire-up: the wrapper passes the batch and the GPU's SM count to launch_config and launches
+    its grid. Here a pretend 2-SM GPU asks for a 4-way state split of a single block of channels."""
+    import ssm_tutor.kernels.selective_scan as wrapper
+
+    real_config, real_kernel = wrapper.launch_config, wrapper.selective_scan_fwd_kernel
+    monkeypatch.setattr(wrapper, "launch_config", lambda *a, **kw: real_config(
+        *a, **{**kw, "interpreted": False, "sm_count": 2, "chunk": 8}))
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return real_kernel[grid]
+
+    monkeypatch.setattr(wrapper, "selective_scan_fwd_kernel", Recorder())
+    args = make_inputs(1, 8, 11, 16, requires_grad=False)
+    y = selective_scan_triton(**args, delta_softplus=True)
+    assert grids == [(1, 1, 4)]                    # batch 1 × one block of 8 channels × 4 slices of n
+    torch.testing.assert_close(y, selective_scan_ref(**args, delta_softplus=True), atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the interpreter switch only matters on a CPU")
@@ -208,21 +257,65 @@ def test_fused_training_traffic_counts_chunk_states():
     train = T.traffic("fused", b, d, l, n, "fp32", has_D=False, has_z=False, has_bias=False, chunk=4,
                       backward=True)
     states = b * d * 3 * n * 4          # ceil(10 / 4) = 3 checkpoints of (b, d, n)
-    passes = dict((label, (r, w)) for label, r, w in train.passes)
+    passes = {label: (r, w) for label, r, w, _ in train.passes}
     assert passes["write chunk states (b, d, l/T, n)"] == (0, states)
     assert train.total > 2 * fwd.total
 
 
-def test_reference_traffic_matches_a_hand_count():
-    b, d, l, n = 1, 2, 3, 4
-    E, Ebc, Ebig = 6, 12, 24
-    tr = T.traffic("reference", b, d, l, n, "fp32", has_D=False, has_z=False, has_bias=False, softplus=False)
-    # Ā: read Δ, A, write einsum, read+write exp | B̄u: read Δ, u, B, temporary | loop: 4 reads + 2 writes
-    # of (b,d,n) per step | y: read h, C, write y | stack: read + write y
-    reads = E + d * n + Ebig + 2 * E + Ebc + Ebig + 4 * Ebig + Ebig + Ebc + E
-    writes = 2 * Ebig + 2 * Ebig + 2 * Ebig + E + E
-    assert (tr.read, tr.written) == (reads * 4, writes * 4)
-    assert tr.total == (224 + 156) * 4 == 1520
+def test_fused_traffic_with_a_state_split_adds_the_partial_outputs():
+    b, d, l, n = 1, 8, 64, 16
+    one = T.traffic("fused", b, d, l, n, "bf16", n_split=1)
+    four = T.traffic("fused", b, d, l, n, "bf16", n_split=4)
+    E = b * d * l
+    # 4 float32 partial y written and read back, then y (bf16) written by the sum instead of the kernel
+    assert four.total - one.total == 2 * 4 * E * 4
+    assert four.launches == one.launches + 2                 # the sum and the cast
+
+
+@pytest.fixture
+def no_finite_check(monkeypatch):
+    """Stage 4 and 5 check their inputs for NaN first (a pass per input); the model counts the scan."""
+    import ssm_tutor.scan as scan
+    import ssm_tutor.selective as selective
+
+    check = selective.validate_scan_args
+    quiet = lambda *a, **kw: check(*a, **{**kw, "check_finite": False})
+    monkeypatch.setattr(selective, "validate_scan_args", quiet)
+    monkeypatch.setattr(scan, "validate_scan_args", quiet)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "parallel"])
+@pytest.mark.parametrize("options", [dict(), dict(has_D=False, has_z=False, has_bias=False, softplus=False)],
+                         ids=["all-options", "bare"])
+def test_pytorch_traffic_model_is_the_ops_the_code_runs(implementation, options, no_finite_check):
+    """With no cache (l2_bytes=0), the model's passes are exactly the ops that stage 4's reference and
+    stage 5's Hillis–Steele scan dispatch: bytes read and written, and one launch per op."""
+    from ssm_tutor.scan import selective_scan
+    b, d, l, n = 2, 3, 7, 4
+    softplus = options.get("softplus", True)
+    x = make_inputs(b, d, l, n, dtype=torch.float32, requires_grad=False,
+                    **{k: v for k, v in options.items() if k != "softplus"})
+    x = {k: v for k, v in x.items() if v is not None}
+    fn = selective_scan_ref if implementation == "reference" else (
+        lambda **kw: selective_scan(**kw, method="hillis_steele"))
+    measured = T.measure_op_traffic(fn, **x, delta_softplus=softplus)
+    model = T.traffic(implementation, b, d, l, n, "fp32", l2_bytes=0, **options)
+    assert (model.read, model.written, model.launches) == (measured.read, measured.written, measured.launches)
+
+
+def test_step_tensors_that_fit_in_l2_cost_no_hbm_traffic():
+    b, d, l, n = 8, 2048, 2048, 16
+    in_l2 = T.traffic("reference", b, d, l, n, "fp32")                    # H100: 3 × 1 MB ≤ 50 MB
+    no_l2 = T.traffic("reference", b, d, l, n, "fp32", l2_bytes=0)
+    step = b * d * n * 4
+    # per step: h_{t-1} read, Ā_t h written and read back stay on chip
+    assert no_l2.total - in_l2.total == 3 * l * step
+    assert T.step_tensors_in_l2(b, d, n, 4, 50e6) and not T.step_tensors_in_l2(64, 8192, 16, 4, 50e6)
+    huge = dict(b=64, d=8192, l=64, n=16)                                 # 3 × 32 MB > 50 MB: no help
+    assert T.traffic("reference", **huge).total == T.traffic("reference", **huge, l2_bytes=0).total
+    seq = T.traffic("sequential", b, d, l, n, "fp32")
+    assert seq.total < in_l2.total / 10                                   # a loop in L2 moves few bytes ...
+    assert 6 * l < seq.launches < 6 * l + 10                              # ... in 6 launches per step
 
 
 def test_traffic_ratio_grows_with_state_size_and_time_uses_bandwidth():
@@ -230,7 +323,7 @@ def test_traffic_ratio_grows_with_state_size_and_time_uses_bandwidth():
     big = T.compare(8, 2048, 2048, 16, "fp32")
     ratio = lambda r: r["reference"][0] / r["fused"][0]
     assert ratio(big) > 3 * ratio(small) > 3
-    assert big["sequential"][0] < big["reference"][0]
+    assert big["sequential"][0] < big["reference"][0] < big["parallel"][0]
     tr = T.traffic("fused", 8, 2048, 2048, 16, "bf16")
     assert tr.time("H100") == pytest.approx(tr.total / 3.35e12)
     assert tr.time("A100") == pytest.approx(tr.total / 2.0e12)
@@ -238,3 +331,29 @@ def test_traffic_ratio_grows_with_state_size_and_time_uses_bandwidth():
         tr.time("V100")
     with pytest.raises(ValueError, match="implementation must be one of"):
         T.traffic("cuda", 1, 1, 1, 1)
+
+
+# ---- what bounds the time ------------------------------------------------------------------
+
+def test_special_function_count_follows_the_kernels_code():
+    from ssm_tutor.kernels.roofline import special_ops
+    # forward: n exp for Ā, softplus (exp, log), SiLU (exp, reciprocal) per (b, d, l) position
+    assert special_ops(1, 1, 1, 16) == 16 + 2 + 2
+    assert special_ops(2, 3, 5, 16, has_z=False, softplus=False) == 2 * 3 * 5 * 16
+    # backward adds Ā_t and Ā_{t+1} (2n), two softplus (4), softplus' (2), σ(z) (2)
+    assert special_ops(1, 1, 1, 16, backward=True) == 20 + 32 + 8
+
+
+def test_roofline_ceilings_at_the_benchmark_shape():
+    from ssm_tutor.kernels.gpus import GPUS
+    from ssm_tutor.kernels.roofline import ceilings
+    h100 = GPUS["H100"]
+    assert h100.special_rate == pytest.approx(132 * 16 * 1.98e9)
+    c = {impl: ceilings(impl, 8, 2048, 2048, 16, "bf16") for impl in T.IMPLEMENTATIONS}
+    # the fused kernel asks more of the exponential units than of HBM: bytes alone understate its time
+    assert c["fused"].special > 1.5 * c["fused"].memory and c["fused"].bound == "special functions"
+    assert c["fused"].memory == pytest.approx(T.traffic("fused", 8, 2048, 2048, 16, "bf16").total / 3.35e12)
+    # the reference's 2 ops per step cost more than its bytes (at the assumed 5 µs per launch)
+    assert c["reference"].bound == "launches" and c["reference"].launch == pytest.approx(4116 * 5e-6)
+    assert c["parallel"].bound == "memory"
+    assert c["fused"].time < c["reference"].time < c["parallel"].time

@@ -48,9 +48,9 @@ def make_hf(cfg: dict, seed: int = 0):
     return model
 
 
-def make_ours(cfg: dict, seed: int = 0):
+def make_ours(cfg: dict, seed: int = 0, fast: bool = True):
     torch.manual_seed(seed)
-    model = MambaLM(MambaConfig(**cfg)).eval()
+    model = MambaLM(MambaConfig(**cfg), fast=fast).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -66,12 +66,18 @@ def cfg(request):
     return CONFIGS[request.param]
 
 
+@pytest.fixture(params=[True, False], ids=["fast", "teaching"])
+def fast(request):
+    """Both forward paths: ssm_tutor.fast (the default) and the teaching path (MambaMixer's own)."""
+    return request.param
+
+
 # ---- parity with transformers ------------------------------------------------------------------
 
-def test_logits_match_transformers_when_transformers_saves(cfg, tmp_path):
+def test_logits_match_transformers_when_transformers_saves(cfg, fast, tmp_path):
     hf = make_hf(cfg)
     hf.save_pretrained(tmp_path)
-    ours = MambaLM.from_pretrained(tmp_path).eval()
+    ours = MambaLM.from_pretrained(tmp_path, fast=fast).eval()
     ids = ids_for(cfg)
     with torch.no_grad():
         expected = hf(ids).logits
@@ -92,10 +98,10 @@ def test_transformers_reads_our_checkpoint_and_config(cfg, tmp_path):
         torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=0)
 
 
-def test_greedy_generation_matches_transformers_token_for_token(cfg, tmp_path):
+def test_greedy_generation_matches_transformers_token_for_token(cfg, fast, tmp_path):
     hf = make_hf(cfg, seed=3)
     hf.save_pretrained(tmp_path)
-    ours = MambaLM.from_pretrained(tmp_path).eval()
+    ours = MambaLM.from_pretrained(tmp_path, fast=fast).eval()
     prompt = ids_for(cfg, batch=2, length=5, seed=4)
     with torch.no_grad():
         expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
@@ -105,12 +111,12 @@ def test_greedy_generation_matches_transformers_token_for_token(cfg, tmp_path):
     assert torch.equal(got, expected), f"ours {got.tolist()}\ntheirs {expected.tolist()}"
 
 
-def test_gradients_match_transformers(tmp_path):
+def test_gradients_match_transformers(fast, tmp_path):
     """Training needs the backward pass too: every parameter's gradient of a loss agrees."""
     cfg = CONFIGS["h24-n5-k3-r3-bias"]
     hf = make_hf(cfg)
     hf.save_pretrained(tmp_path)
-    ours = MambaLM.from_pretrained(tmp_path)
+    ours = MambaLM.from_pretrained(tmp_path, fast=fast)
     hf.train()
     ids = ids_for(cfg, batch=2, length=10, seed=5)
     weights = torch.randn(2, 10, cfg["vocab_size"], generator=torch.Generator().manual_seed(6))
@@ -245,7 +251,8 @@ def test_float64_step_matches_forward_tightly():
     assert cache.ssm_states[0].dtype == torch.float64
     for t in range(6):
         logits, cache = model.step(ids[:, t], cache)
-        torch.testing.assert_close(logits, parallel[:, t].float(), atol=1e-6, rtol=1e-6)
+        assert logits.dtype == torch.float64                        # float64 models give float64 logits
+        torch.testing.assert_close(logits, parallel[:, t], atol=1e-10, rtol=1e-10)
 
 
 # ---- generation --------------------------------------------------------------------------------
@@ -407,19 +414,21 @@ def test_pytorch_bin_is_read_without_unpickling_objects(saved):
         MambaLM.from_pretrained(path)
 
 
-def test_config_with_wrong_intermediate_size_is_refused(tmp_path):
-    cfg = MambaConfig(hidden_size=8, num_hidden_layers=1, vocab_size=10).to_dict()
-    cfg["intermediate_size"] = 20
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="intermediate_size=20"):
-        MambaLM.from_pretrained(tmp_path)
+def test_save_refuses_nan_weights_and_keeps_the_previous_checkpoint(tmp_path):
+    model = make_ours(CONFIGS["h24-n5-k3-r3-bias"])
+    model.save_pretrained(tmp_path)
+    with torch.no_grad():
+        model.backbone.layers[1].mixer.D[0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"refusing to save.*'backbone\.layers\.1\.mixer\.D'"):
+        model.save_pretrained(tmp_path)
+    MambaLM.from_pretrained(tmp_path)                              # the earlier checkpoint still loads
 
 
 # ---- input validation --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ids, error, message", [
     (torch.zeros(2, 3), TypeError, "torch.long"),
-    (torch.zeros(2, 3, dtype=torch.int32), TypeError, "torch.long"),
+    (torch.zeros(2, 3, dtype=torch.int16), TypeError, "torch.long"),
     (torch.zeros(3, dtype=torch.long), ValueError, r"\(batch, length\)"),
     (torch.full((1, 3), 101), ValueError, "vocab_size is 101"),
     (torch.tensor([[0, -1]]), ValueError, r"\[-1, 0\]"),
@@ -448,3 +457,168 @@ def test_bad_step_arguments_are_refused():
         model.generate(torch.zeros(1, 2, dtype=torch.long), 3, temperature=1.0, top_k=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(torch.zeros(1, 2, dtype=torch.long), -1)
+
+
+# ---- the teaching path and the fast path ---------------------------------------------------------
+
+@pytest.mark.parametrize("cfg", ["h24-n5-k3-r3-bias", "h33-n16-k4-r5-x3-untied"], indirect=True)
+def test_fast_path_equals_teaching_path_values_gradients_and_tokens(cfg):
+    """ssm_tutor.fast is held to the teaching layer: the same logits, every parameter's gradient,
+    the same generated tokens; and the switch flips one model between the two."""
+    fast = make_ours(cfg, fast=True)
+    teaching = MambaLM(MambaConfig(**cfg), fast=False).eval()
+    teaching.load_state_dict(fast.state_dict())                      # the same weights
+    assert fast.backbone.layers[0].mixer.fast and not teaching.backbone.layers[0].mixer.fast
+    ids = ids_for(cfg, batch=2, length=11, seed=8)
+    weights = torch.randn(2, 11, cfg["vocab_size"], generator=torch.Generator().manual_seed(9))
+    out = {}
+    for name, model in (("fast", fast), ("teaching", teaching)):
+        model.zero_grad()
+        logits = model(ids)
+        (logits * weights).sum().backward()
+        out[name] = logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    torch.testing.assert_close(out["fast"][0], out["teaching"][0], atol=1e-5, rtol=1e-5)
+    for name, g in out["fast"][1].items():
+        torch.testing.assert_close(g, out["teaching"][1][name], atol=1e-4, rtol=1e-4, msg=name)
+    prompt = ids_for(cfg, batch=2, length=6, seed=10)
+    assert torch.equal(fast.generate(prompt, 10), teaching.generate(prompt, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(fast.use_fast_path(False)(ids), out["teaching"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fast.use_fast_path(True)(ids), out["fast"][0], atol=0, rtol=0)
+
+
+def test_mixer_is_the_selective_layer_of_stage_4_inside_the_shell():
+    from ssm_tutor.selective import SelectiveSSM
+
+    model = make_ours(CONFIGS["h24-n5-k3-r3-bias"])
+    mixer = model.backbone.layers[0].mixer
+    assert isinstance(mixer, SelectiveSSM) and (mixer.d, mixer.n, mixer.dt_rank) == (48, 5, 3)
+    assert {n for n, _ in mixer.named_parameters()} == {
+        "in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+        "dt_proj.bias", "A_log", "D", "out_proj.weight", "out_proj.bias"}
+
+
+# ---- interoperability: what transformers writes and does --------------------------------------------
+
+def test_intermediate_size_other_than_expand_times_hidden_loads_and_matches_transformers(fast, tmp_path):
+    """transformers builds the SSM branch from config.intermediate_size, which may differ from
+    expand * hidden_size; such a checkpoint loads here and gives the same logits."""
+    cfg = dict(CONFIGS["h24-n5-k3-r3-bias"], intermediate_size=40)       # expand * hidden = 48
+    hf = make_hf(cfg)
+    assert hf.backbone.layers[0].mixer.in_proj.weight.shape == (80, 24)
+    hf.save_pretrained(tmp_path)
+    ours = MambaLM.from_pretrained(tmp_path, fast=fast).eval()
+    assert ours.config.intermediate_size == 40 and ours.config.expand == 2
+    ids = ids_for(cfg)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), hf(ids).logits, atol=1e-4, rtol=0)
+    ours.save_pretrained(tmp_path / "again")
+    assert transformers.MambaConfig.from_pretrained(tmp_path / "again").intermediate_size == 40
+
+
+def test_conv_cache_agrees_with_transformers_after_a_prefix(cfg, tmp_path):
+    """transformers' conv cache holds the last K inputs (b, E, K), ours the last K-1 (b, E, K-1):
+    ours is theirs without the oldest column, the SSM states are equal, and a cache converted from
+    transformers' continues exactly where transformers would."""
+    from ssm_tutor.mamba import MambaCache
+
+    hf = make_hf(cfg)
+    hf.save_pretrained(tmp_path)
+    ours = MambaLM.from_pretrained(tmp_path).eval()
+    ids = ids_for(cfg, batch=2, length=9, seed=11)
+    K = cfg["conv_kernel"]
+    with torch.no_grad():
+        theirs = hf(ids[:, :7], use_cache=True).cache_params
+        _, cache = ours(ids[:, :7], return_cache=True)
+        for i in range(cfg["num_hidden_layers"]):
+            their_conv = theirs.get_conv_state(i)
+            assert their_conv.shape[-1] == K and cache.conv_states[i].shape[-1] == K - 1
+            torch.testing.assert_close(cache.conv_states[i], their_conv[..., 1:], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(cache.ssm_states[i], theirs.get_recurrent_state(i), atol=1e-5, rtol=1e-5)
+            assert cache.to_transformers_conv_states()[i].shape == their_conv.shape
+        converted = MambaCache.from_transformers([theirs.get_conv_state(i) for i in range(cfg["num_hidden_layers"])],
+                                                 [theirs.get_recurrent_state(i) for i in range(cfg["num_hidden_layers"])], 7)
+        expected = hf(ids[:, 7:8], cache_params=theirs, use_cache=True).logits[:, 0]
+        logits, _ = ours.step(ids[:, 7], converted)
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+def _left_pad(prompts, pad_id=0):
+    """A batch of prompts of different lengths, left-padded: ids (b, L) and mask (b, L)."""
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):], mask[i, L - len(p):] = torch.tensor(p), 1
+    return ids, mask
+
+
+PROMPTS = [[5, 17, 3, 9, 22, 1, 8], [11, 4], [7, 7, 30, 2, 19]]
+
+
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(cfg, fast):
+    model = make_ours(cfg, seed=12, fast=fast)
+    ids, mask = _left_pad([[t % cfg["vocab_size"] for t in p] for p in PROMPTS])
+    together = model.generate(ids, 8, attention_mask=mask)
+    with torch.no_grad():
+        last = model(ids, attention_mask=mask)[:, -1]
+    for i, p in enumerate(PROMPTS):
+        alone_ids = torch.tensor([[t % cfg["vocab_size"] for t in p]])
+        alone = model.generate(alone_ids, 8)
+        assert torch.equal(together[i, ids.shape[1]:], alone[0, len(p):]), f"prompt {i}"
+        with torch.no_grad():
+            torch.testing.assert_close(last[i], model(alone_ids)[0, -1], atol=1e-5, rtol=1e-5)
+        with torch.no_grad():                          # without the mask the padding leaks in
+            assert i == 0 or not torch.allclose(model(ids)[i, -1], model(alone_ids)[0, -1], atol=1e-3)
+
+
+def test_attention_mask_matches_transformers(fast, tmp_path):
+    """transformers zeroes padded positions before in_proj and after the convolution; without
+    biases in in_proj that is what we do (zero before the convolution and the scan)."""
+    cfg = CONFIGS["h16-n16-k4-default"]
+    hf = make_hf(cfg)
+    hf.save_pretrained(tmp_path)
+    ours = MambaLM.from_pretrained(tmp_path, fast=fast).eval()
+    ids, mask = _left_pad(PROMPTS)
+    with torch.no_grad():
+        expected = hf(ids, attention_mask=mask).logits
+        got = ours(ids, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=0)
+    theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert torch.equal(ours.generate(ids, 6, attention_mask=mask), theirs)
+
+
+@pytest.mark.parametrize("mask, message", [
+    (torch.ones(3, 5), "input_ids' shape"),
+    (torch.full((3, 7), 2), "only 0 .* and 1"),
+    (torch.tensor([[1] * 7, [0] * 7, [1] * 7]), r"rows with no token at all: \[1\]"),
+    (torch.tensor([[1] * 7, [1, 1, 0, 0, 0, 0, 0], [1] * 7]), "must be left-padded"),
+])
+def test_bad_attention_masks_are_named(mask, message):
+    model = make_ours(CONFIGS["h16-n16-k4-default"])
+    ids = torch.zeros(3, 7, dtype=torch.long)
+    with pytest.raises(ValueError, match=message):
+        model.generate(ids, 2, attention_mask=mask)
+
+
+# ---- raw torch errors become named errors ---------------------------------------------------------
+
+def test_wrong_width_into_the_mixer_is_named(fast):
+    model = make_ours(CONFIGS["h24-n5-k3-r3-bias"], fast=fast)
+    mixer = model.backbone.layers[0].mixer
+    with pytest.raises(ValueError, match=r"MambaMixer: x must have shape \(batch, length, d\) with d = 24, "
+                                         r"got shape \(2, 5, 48\)"):
+        mixer(torch.randn(2, 5, 48))
+    with pytest.raises(TypeError, match="MambaMixer: x must be a floating-point tensor"):
+        mixer(torch.ones(2, 5, 24, dtype=torch.long))
+
+
+def test_a_model_on_the_meta_device_is_named():
+    with torch.device("meta"):
+        model = MambaLM(MambaConfig(**CONFIGS["h16-n16-k4-default"]))
+    with pytest.raises(ValueError, match="the model's weights is on the meta device"):
+        model(torch.zeros(1, 3, dtype=torch.long))
+    mixer = model.backbone.layers[0].mixer
+    with pytest.raises(ValueError, match="MambaMixer's weights is on the meta device"):
+        mixer(torch.zeros(1, 3, 16))

@@ -193,7 +193,8 @@ OPTIONS = {
 
 def _call(fn, x, opt, **extra):
     kw = {k: x[k] for k in opt["keep"]}
-    return fn(x["u"], x["delta"], x["A"], x["B"], x["C"], delta_softplus=opt["softplus"],
+    delta = x["delta"] if opt["softplus"] else x["delta"].abs()     # without softplus Δ must be ≥ 0
+    return fn(x["u"], delta, x["A"], x["B"], x["C"], delta_softplus=opt["softplus"],
               return_last_state=opt["last"], **kw, **extra)
 
 
@@ -363,6 +364,7 @@ def test_auto_picks_fused_on_cpu_and_triton_is_explicit():
 
 def test_no_grad_and_inference_mode():
     x = scan_inputs(dtype=torch.float32)
+    x["delta"], x["delta_bias"] = x["delta"].abs(), x["delta_bias"].abs()      # no softplus: Δ ≥ 0
     expected = selective_scan_ref(**x)
     with torch.no_grad():
         torch.testing.assert_close(selective_scan(**x), expected)
@@ -394,3 +396,62 @@ def test_nan_input_raises_naming_it(name, method):
     x[name].view(-1)[3] = float("nan")
     with pytest.raises(ValueError, match=rf"^{name} contains 1 NaN or infinite value"):
         selective_scan(**x, delta_softplus=True, method=method)
+
+
+# ---------------------------------------------------------------------------------------------
+# what mamba_ssm's selective_scan_fn takes beyond the real, time-varying layout
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", SELECTIVE_METHODS + ("reference",))
+@pytest.mark.parametrize("which", ["B", "C", "both"])
+def test_time_invariant_B_C_equal_the_same_values_repeated_in_time(method, which):
+    """B, C of shape (d, n) mean the same B, C at every step: the scan equals the one given
+    (b, g = d, n, l) copies of them, one group per channel."""
+    x = scan_inputs(b=2, d=4, l=11, n=3)
+    const = {k: torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+             for i, k in enumerate("BC")}
+    given, repeated = dict(x), dict(x)
+    for k in ("B", "C") if which == "both" else (which,):
+        given[k] = const[k]
+        repeated[k] = const[k][None, :, :, None].expand(2, 4, 3, 11)                  # (b, g = d, n, l)
+    if which != "both":                                     # the other one, grouped the same way
+        other = "C" if which == "B" else "B"
+        repeated[other] = x[other][:, None].expand(2, 4, 3, 11)
+    kw = dict(D=x["D"], z=x["z"], delta_bias=x["delta_bias"], delta_softplus=True, return_last_state=True)
+    got = selective_scan(given["u"], given["delta"], given["A"], given["B"], given["C"], method=method, **kw)
+    expected = selective_scan_ref(repeated["u"], repeated["delta"], repeated["A"], repeated["B"], repeated["C"], **kw)
+    torch.testing.assert_close(got, expected, atol=1e-11, rtol=1e-11)
+
+
+def _complex_inputs(b=2, d=3, l=9, n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.complex(-torch.rand(d, n, generator=g, dtype=torch.float64) - 0.1,
+                      torch.randn(d, n, generator=g, dtype=torch.float64) * 3)            # (d, n) complex
+    return dict(u=torch.randn(b, d, l, generator=g, dtype=torch.float64),
+                delta=torch.rand(b, d, l, generator=g, dtype=torch.float64) * 0.5, A=A,
+                B=torch.randn(b, n, l, generator=g, dtype=torch.complex128),
+                C=torch.randn(b, n, 2 * l, generator=g, dtype=torch.float64))           # (re, im) interleaved
+
+
+@pytest.mark.parametrize("method", ("auto", "reference") + LINEAR_SCAN_METHODS)
+def test_complex_A_every_method_that_takes_it_equals_the_reference(method):
+    x = _complex_inputs()
+    expected = selective_scan_ref(**x, return_last_state=True)
+    got = selective_scan(**x, return_last_state=True, method=method)
+    assert got[1].is_complex()
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+
+
+def test_complex_A_in_the_fused_scan_is_refused_naming_the_methods_that_take_it():
+    with pytest.raises(TypeError, match=r"A must be real for this scan implementation.*method='reference'"):
+        selective_scan(**_complex_inputs(), method="fused")
+
+
+@pytest.mark.parametrize("method", SELECTIVE_METHODS + ("reference",))
+def test_negative_step_without_softplus_is_refused(method):
+    x = scan_inputs()
+    x["delta"], x["delta_bias"] = x["delta"].abs(), x["delta_bias"].abs()
+    x["delta"][0, 1, 2] = -x["delta_bias"][1] - 0.25
+    with pytest.raises(ValueError, match=r"has 1 negative step size\(s\) \(smallest -0.25\).*grows without bound"):
+        selective_scan(**x, method=method)
+    selective_scan(**x, delta_softplus=True, method=method)      # with softplus any delta is fine

@@ -8,6 +8,7 @@ builds on (Δ -> 0 keeps the state, a large Δ resets it to the current input).
 
 from __future__ import annotations
 
+import cmath
 import itertools
 import math
 
@@ -16,8 +17,11 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from ssm_tutor.selective import (SelectiveSSM, TimeInvariantSSM, dt_bias_init, expand_groups, inverse_softplus,
-                                 selective_scan_ref, ssm_operator_matrix, validate_scan_args)
+from ssm_tutor.convolution import causal_conv, s4d_kernel, s4d_lin
+from ssm_tutor.discretize import mamba_diag
+from ssm_tutor.selective import (SelectiveSSM, dt_bias_init, inverse_softplus, per_channel, selective_scan_loop,
+                                 selective_scan_ref, ssm_operator_matrix)
+from ssm_tutor.validate import validate_scan_args
 
 # transformers is the reference and a pinned test requirement: a missing install fails here, loudly,
 # instead of skipping the whole stage-4 file
@@ -39,9 +43,12 @@ def make_args(b=2, d=3, l=7, n=4, dtype=torch.float32, groups=0, seed=0):
 
 
 def call(fn, args, use_D, use_z, use_bias, softplus, last):
-    return fn(args["u"], args["delta"], args["A"], args["B"], args["C"],
+    delta, bias = args["delta"], args["delta_bias"]
+    if not softplus:                       # without softplus Δ = delta + bias must be ≥ 0
+        delta, bias = delta.abs(), bias.abs()
+    return fn(args["u"], delta, args["A"], args["B"], args["C"],
               D=args["D"] if use_D else None, z=args["z"] if use_z else None,
-              delta_bias=args["delta_bias"] if use_bias else None,
+              delta_bias=bias if use_bias else None,
               delta_softplus=softplus, return_last_state=last)
 
 
@@ -102,13 +109,18 @@ def test_grouped_B_C_equal_each_group_run_on_its_channels(dtype, groups):
         assert_close((y_g, h_g), (y[:, ch], h[:, ch]), dtype)
 
 
-def test_expand_groups_maps_channel_to_its_group():
+def test_per_channel_maps_every_layout_to_each_channels_own_B():
     B = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)   # (b, g=3, n, l)
-    E = expand_groups(B, 6)                                                      # (b, 6, n, l)
+    E = per_channel(B, 2, 6, 5)                                                  # (b, d=6, l, n)
     for c in range(6):
-        assert torch.equal(E[:, c], B[:, c // 2])
+        assert torch.equal(E[:, c], B[:, c // 2].transpose(1, 2))               # channel c reads group c // 2
     B3 = B[:, 0]                                                                 # (b, n, l)
-    assert torch.equal(expand_groups(B3, 4), B3[:, None].expand(2, 4, 4, 5))
+    assert torch.equal(per_channel(B3, 2, 4, 5), B3.transpose(1, 2)[:, None].expand(2, 4, 5, 4))
+    B2 = B[0, :, :, 0]                                                           # (d=3, n): time-invariant
+    assert torch.equal(per_channel(B2, 2, 3, 5), B2[None, :, None, :].expand(2, 3, 5, 4))
+    inter = torch.randn(2, 4, 10)                                                # (b, n, 2l): (re, im) pairs
+    Z = per_channel(inter, 2, 3, 5, torch.complex64)                             # (b, d, l, n) complex
+    assert torch.equal(Z[0, 1, 2, 3], torch.complex(inter[0, 3, 4], inter[0, 3, 5]))
 
 
 def test_reference_matches_a_naive_scalar_double_loop():
@@ -142,6 +154,104 @@ def test_reference_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(scan, inputs, eps=1e-6, atol=1e-7)
 
 
+# --- the loop on the page, and what mamba_ssm's selective_scan_fn takes beyond the real layout ---
+
+def test_the_loop_is_the_reference_without_options():
+    a = make_args(b=2, d=3, l=6, n=4, dtype=torch.float64, groups=3)
+    delta = F.softplus(a["delta"])
+    y, h = selective_scan_loop(a["u"], delta, a["A"], per_channel(a["B"], 2, 3, 6), per_channel(a["C"], 2, 3, 6),
+                               a["D"])
+    torch.testing.assert_close((y, h), selective_scan_ref(a["u"], delta, a["A"], a["B"], a["C"], D=a["D"],
+                                                          return_last_state=True))
+
+
+def _complex_system(b=2, d=3, l=8, m=4, seed=0):
+    """u, Δ (b, d, l) > 0, A (d, m) complex with negative real part, B (b, m, l), C (d, m) complex."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.complex(-torch.rand(d, m, generator=g, dtype=torch.float64) - 0.2,
+                      torch.randn(d, m, generator=g, dtype=torch.float64) * 2)
+    return (torch.randn(b, d, l, generator=g, dtype=torch.float64),
+            torch.rand(b, d, l, generator=g, dtype=torch.float64) + 0.05, A,
+            torch.randn(b, m, l, generator=g, dtype=torch.complex128),
+            torch.randn(d, m, generator=g, dtype=torch.complex128))
+
+
+def test_complex_A_matches_a_scalar_loop_over_conjugate_pairs():
+    """Every number with Python complex arithmetic: each complex mode and its conjugate are two
+    real states, so the pair contributes C h + conj(C h) = 2 Re(C h) to the output."""
+    u, delta, A, B, C = _complex_system()
+    D, z = torch.randn(3, dtype=torch.float64), torch.randn(2, 3, 8, dtype=torch.float64)
+    y, h = selective_scan_ref(u, delta, A, B, C, D=D, z=z, return_last_state=True)
+    for bi in range(2):
+        for c in range(3):
+            state = [0j] * 4
+            for t in range(8):
+                dt = delta[bi, c, t].item()
+                out = 0.0
+                for k in range(4):
+                    state[k] = cmath.exp(dt * complex(A[c, k])) * state[k] + dt * complex(B[bi, k, t]) * u[bi, c, t].item()
+                    out += 2 * (complex(C[c, k]) * state[k]).real
+                out += D[c].item() * u[bi, c, t].item()
+                out *= z[bi, c, t].item() / (1 + math.exp(-z[bi, c, t].item()))
+                assert y[bi, c, t].item() == pytest.approx(out, rel=1e-11, abs=1e-11)
+            assert h[bi, c].tolist() == pytest.approx(state, rel=1e-11, abs=1e-11)
+
+
+def test_complex_lti_scan_equals_the_s4d_lin_convolution_of_stage_3():
+    """With Δ, B, C constant in time and A = S4D-Lin, the scan is stage 3's LTI system:
+    y = (2 Re K) * u with K_k = Σ_n C_n B̄_n Ā_n^k, Ā = exp(Δ A), B̄ = Δ B."""
+    d, m, l = 3, 4, 40
+    g = torch.Generator().manual_seed(5)
+    A = s4d_lin(m).expand(d, m).clone()                                          # (d, m) complex
+    B = torch.randn(d, m, generator=g, dtype=torch.complex128)
+    C = torch.randn(d, m, generator=g, dtype=torch.complex128)
+    step = torch.rand(d, generator=g, dtype=torch.float64) * 0.2 + 0.01          # Δ per channel: (d,)
+    u = torch.randn(2, d, l, generator=g, dtype=torch.float64)
+    y = selective_scan_ref(u, step[None, :, None].expand(2, d, l), A, B, C)
+    Ad, Bd = mamba_diag(A, B, step)
+    K = 2 * s4d_kernel(Ad, Bd, C, l).real                                         # (d, l)
+    torch.testing.assert_close(y, causal_conv(u, K), atol=1e-10, rtol=1e-9)
+
+
+def test_interleaved_real_B_C_equal_complex_B_C():
+    """mamba_ssm's layout for complex A: real B, C with (re, im) interleaved along time, (b, n, 2l)."""
+    u, delta, A, B, _ = _complex_system()
+    C = torch.randn(2, 4, 8, dtype=torch.complex128)                              # (b, m, l) complex
+    pairs = lambda X: torch.view_as_real(X).flatten(-2)                           # noqa: E731  (…, 2l)
+    expected = selective_scan_ref(u, delta, A, B, C, return_last_state=True)
+    torch.testing.assert_close(selective_scan_ref(u, delta, A, pairs(B), pairs(C), return_last_state=True), expected)
+    torch.testing.assert_close(selective_scan_ref(u, delta, A, pairs(B[:, None]), pairs(C[:, None]),
+                                                  return_last_state=True), expected)      # grouped, g = 1
+
+
+def test_complex_gradients_match_finite_differences():
+    u, delta, A, B, C = _complex_system(b=1, d=2, l=3, m=2)
+    inputs = tuple(t.clone().requires_grad_(True) for t in (u, delta, A, B, C))
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_ref(*a, delta_softplus=True), inputs, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_time_invariant_B_C_equal_transformers_channel_by_channel(dtype):
+    """B, C of shape (d, n) are the same at every step: channel c alone is transformers' scan
+    with B[c], C[c] repeated along time."""
+    a = make_args(b=2, d=4, l=9, n=3, dtype=dtype)
+    g = torch.Generator().manual_seed(9)
+    B, C = (torch.randn(4, 3, generator=g, dtype=torch.float64).float().to(dtype) for _ in range(2))   # (d, n)
+    got = call(selective_scan_ref, dict(a, B=B, C=C), True, True, True, True, True)
+    parts = [mamba_selective_scan(a["u"][:, c:c + 1], a["delta"][:, c:c + 1], a["A"][c:c + 1],
+                                  B[c, None, :, None].expand(2, 3, 9), C[c, None, :, None].expand(2, 3, 9),
+                                  D=a["D"][c:c + 1], z=a["z"][:, c:c + 1], delta_bias=a["delta_bias"][c:c + 1],
+                                  delta_softplus=True, return_last_state=True) for c in range(4)]
+    expected = (torch.cat([y for y, _ in parts], 1), torch.cat([h for _, h in parts], 1))
+    assert_close(expected, got, dtype)
+
+
+def test_negative_step_without_softplus_is_a_named_error():
+    a = make_args()
+    with pytest.raises(ValueError, match="negative step size.*delta_softplus=False.*grows without bound"):
+        selective_scan_ref(a["u"], -a["delta"].abs() - 0.1, a["A"], a["B"], a["C"])
+
+
 # --- precision and lengths -----------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -160,6 +270,7 @@ def test_half_precision_inputs_accumulate_in_float32(dtype):
 
 def test_length_one_is_one_step_from_zero():
     args = make_args(b=2, d=3, l=1, n=4, dtype=torch.float64)
+    args["delta"] = args["delta"].abs()                                       # no softplus: Δ ≥ 0
     y, h = selective_scan_ref(args["u"], args["delta"], args["A"], args["B"], args["C"], D=args["D"],
                               return_last_state=True)
     h_expected = args["delta"][:, :, 0, None] * args["B"][:, None, :, 0] * args["u"][:, :, 0, None]  # Δ B u: (b, d, n)
@@ -189,7 +300,9 @@ BAD = [
     ("z", lambda a: a.update(z=a["z"].transpose(1, 2)), ValueError, "z must have shape"),
     ("delta_bias", lambda a: a.update(delta_bias=a["delta_bias"][None]), ValueError, "delta_bias must have shape"),
     ("integer u", lambda a: a.update(u=a["u"].long()), TypeError, "u must be a floating-point"),
-    ("complex A", lambda a: a.update(A=a["A"].to(torch.complex64)), TypeError, "A must be real"),
+    ("complex u", lambda a: a.update(u=a["u"].to(torch.complex64)), TypeError, "u must be real"),
+    ("complex B with real A", lambda a: a.update(B=a["B"].to(torch.complex64), C=a["C"].to(torch.complex64)),
+     TypeError, "B is complex"),
     ("delta dtype", lambda a: a.update(delta=a["delta"].half()), TypeError, "delta must have u's dtype"),
     ("C dtype", lambda a: a.update(C=a["C"].bfloat16()), TypeError, "C must have B's dtype"),
     ("float64 D", lambda a: a.update(D=a["D"].double()), TypeError, "float64 must be used for all"),
@@ -312,32 +425,8 @@ def test_layer_initialisation_follows_the_paper():
         dt_bias_init(4, dt_min=0.2, dt_max=0.1)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_time_invariant_layer_scan_equals_its_convolution(dtype):
-    layer = TimeInvariantSSM(6, 4).to(dtype)
-    x = torch.randn(2, 20, 6, dtype=dtype)
-    check = TOL[dtype]
-    torch.testing.assert_close(layer(x, mode="convolution"), layer(x, mode="scan"), **check)
-    # the kernel is the impulse response of the recurrence (no D)
-    impulse = torch.zeros(1, 20, 6, dtype=dtype)
-    impulse[0, 0] = 1
-    with torch.no_grad():
-        layer.D.zero_()
-    torch.testing.assert_close(layer(impulse)[0].T, layer.kernel(20, dtype), **check)
-
-
-def test_time_invariant_layer_shapes_and_init():
-    layer = TimeInvariantSSM(8, 3)
-    y, h = layer(torch.randn(2, 5, 8), return_last_state=True)
-    assert y.shape == (2, 5, 8) and h.shape == (2, 8, 3)
-    assert layer.delta.shape == (8,) and ((layer.delta >= 1e-3 * (1 - 1e-5)) & (layer.delta <= 0.1 * (1 + 1e-5))).all()
-    torch.testing.assert_close(layer.A, SelectiveSSM(8, 3).A)
-    with pytest.raises(ValueError, match="mode"):
-        layer(torch.randn(1, 2, 8), mode="fft")
-
-
-@pytest.mark.parametrize("layer", [SelectiveSSM(8, 3), TimeInvariantSSM(8, 3)], ids=["selective", "lti"])
-def test_layers_reject_bad_input(layer):
+def test_layer_rejects_bad_input():
+    layer = SelectiveSSM(8, 3)
     with pytest.raises(ValueError, match=r"x must have shape \(batch, length, d\) with d = 8, got shape \(2, 8, 5\)"):
         layer(torch.randn(2, 8, 5))
     with pytest.raises(ValueError, match="x must have shape"):
@@ -356,13 +445,12 @@ def test_layers_accept_a_different_scan():
         return selective_scan_ref(*args, **kwargs)
 
     x = torch.randn(1, 4, 8)
-    for cls in (SelectiveSSM, TimeInvariantSSM):
-        torch.manual_seed(0)
-        plain = cls(8, 3)
-        torch.manual_seed(0)
-        spied = cls(8, 3, scan=spy)
-        torch.testing.assert_close(spied(x), plain(x))
-    assert len(calls) == 2
+    torch.manual_seed(0)
+    plain = SelectiveSSM(8, 3)
+    torch.manual_seed(0)
+    spied = SelectiveSSM(8, 3, scan=spy)
+    torch.testing.assert_close(spied(x), plain(x))
+    assert len(calls) == 1
 
 
 # --- the chapter's exercises ----------------------------------------------------------------
@@ -392,3 +480,16 @@ def test_chapter_4_exercises_pass_right_answers_and_fail_wrong_ones(exercise_id,
     assert check_exercise(exercise_id, right, verbose=False).status == "PASS"
     assert check_exercise(exercise_id, wrong, verbose=False).status == "FAIL"
     assert check_exercise(exercise_id, _stub, verbose=False).status == "NOT ATTEMPTED"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_selective_layer_step_by_step_equals_forward(dtype):
+    layer = SelectiveSSM(8, 3).to(dtype)
+    x = torch.randn(2, 7, 8, dtype=dtype)
+    with torch.no_grad():
+        y, h_last = layer(x, return_last_state=True)
+        h = layer.init_state(2)
+        assert h.shape == (2, 8, 3) and h.dtype == dtype
+        steps = [layer.step(x[:, t], h)[0] for t in range(7)]
+    torch.testing.assert_close(torch.stack(steps, 1), y, **TOL[dtype])
+    torch.testing.assert_close(h, h_last, **TOL[dtype])

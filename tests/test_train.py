@@ -88,7 +88,8 @@ def test_short_training_on_induction_heads_lowers_the_loss_substantially():
     torch.manual_seed(0)
     task = make_task("induction_heads", seq_len=16, vocab_size=6)
     model = SSMLM(6, d_model=32, n_layers=2, d_state=4, mixer="selective")
-    before, after, log = _initial_and_final_loss(model, task, steps=110, warmup=10, lr=1e-2, eval_every=55, seed=0)
+    # (150 steps: at 110 the Mamba initialisation, out_proj scaled by 1/sqrt(layers), is at 85-100 % by seed)
+    before, after, log = _initial_and_final_loss(model, task, steps=150, warmup=10, lr=1e-2, eval_every=75, seed=0)
     assert before == pytest.approx(math.log(6), abs=0.3)
     assert after < 0.3 * math.log(5), f"loss {before:.3f} -> {after:.3f}: below 0.3 × chance (ln 5) expected"
     assert log["eval_accuracy"][-1] > 0.9
@@ -118,7 +119,7 @@ def test_command_writes_a_checkpoint_its_log_and_its_command(tmp_path, capsys):
     log = json.loads((tmp_path / "train_log.json").read_text())
     assert log["step"] == [1, 2, 3] and log["eval_step"] == [2, 3] and log["task"]["seq_len"] == 8
     model = load_model(tmp_path)
-    assert isinstance(model, SSMLM) and model.config["mixer"] == "lti" and model.config["gated"] is False
+    assert isinstance(model, SSMLM) and model.arguments["mixer"] == "lti" and model.arguments["gated"] is False
     result = main(["--evaluate", str(tmp_path), "--lengths", "8,16", "--eval-examples", "4", "--recurrent"])
     assert result["lengths"] == [8, 16] and len(result["accuracy"]) == 2
     assert json.loads((tmp_path / "extrapolation.json").read_text())["accuracy"] == result["accuracy"]
