@@ -59,7 +59,7 @@ from ssm_tutor.checkpoint import read_config
 from ssm_tutor.tasks import IGNORE, TaskBatch
 
 __all__ = ["lr_at", "masked_cross_entropy", "process_group", "sharded_loss", "shard", "make_task", "build_model", "train",
-           "save_model", "load_model", "evaluate_checkpoint", "extrapolation", "main", "TASKS", "MODELS",
+           "save_model", "load_model", "evaluate_checkpoint", "extrapolation", "recall_curve", "main", "TASKS", "MODELS",
            "EVAL_SEED", "EVAL_LENGTHS"]
 
 TASKS = ("selective_copying", "induction_heads", "mqar", "occurs_again")
@@ -144,16 +144,19 @@ def sharded_loss(logits: torch.Tensor, targets: torch.Tensor, scored: int, world
 # ----------------------------------------------------------------------------------------------
 # tasks and models by name
 # ----------------------------------------------------------------------------------------------
-def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8, num_kv_pairs=(8,)):
+def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8, num_kv_pairs=(8,),
+              random_non_queries: bool = True):
     """A function seed, n -> TaskBatch for the task ``name`` with these sizes.
 
-    ``num_kv_pairs`` (mqar): a list of pair counts; each batch mixes them in equal shares."""
+    ``num_kv_pairs`` (mqar): a list of pair counts; each batch mixes them in equal shares;
+    ``random_non_queries`` (mqar): random filler tokens (True) or token 0 (see ``tasks.mqar``)."""
     if name == "selective_copying":
         return lambda seed, n: tasks.selective_copying(n, seq_len, num_tokens, vocab_size, seed=seed)
     if name == "induction_heads":
         return lambda seed, n: tasks.induction_heads(n, seq_len, vocab_size, seed=seed)
     if name == "mqar":
-        return lambda seed, n: tasks.mqar_mixture(n, seq_len, num_kv_pairs, vocab_size, seed=seed)
+        return lambda seed, n: tasks.mqar_mixture(n, seq_len, num_kv_pairs, vocab_size, seed=seed,
+                                                  random_non_queries=random_non_queries)
     if name == "occurs_again":
         return lambda seed, n: tasks.occurs_again(n, seq_len, vocab_size, seed=seed)
     raise ValueError(f"task must be one of {TASKS}, got {name!r}")
@@ -333,7 +336,7 @@ _non_negative_float = _float_above(0.0, True, "non-negative")
 TASK_DEFAULTS = {"selective_copying": dict(seq_len=32, vocab_size=10, num_tokens=4),
                  "induction_heads": dict(seq_len=256, vocab_size=16),
                  # stage 10 (Zoology's sizes, shrunk: notebook 10 says why)
-                 "mqar": dict(seq_len=64, vocab_size=256, num_kv_pairs=[4, 8, 16]),
+                 "mqar": dict(seq_len=64, vocab_size=256, num_kv_pairs=[4, 8, 16], random_non_queries=True),
                  "occurs_again": dict(seq_len=32, vocab_size=16)}
 
 
@@ -358,8 +361,11 @@ def parser() -> argparse.ArgumentParser:
                         "must be writable, and empty or new unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="write into --out even if it already holds files (the checkpoint's files are replaced)")
-    e = p.add_argument_group("evaluate a saved induction-heads checkpoint at many lengths instead of training")
-    e.add_argument("--evaluate", metavar="DIR", help="checkpoint directory; writes DIR/extrapolation.json")
+    e = p.add_argument_group("evaluate a saved checkpoint instead of training: an induction-heads one at many "
+                             "lengths, an mqar one at many pair counts")
+    e.add_argument("--evaluate", metavar="DIR",
+                   help="checkpoint directory; writes DIR/extrapolation.json (induction heads: --lengths) or "
+                        "DIR/recall.json (mqar: --num-kv-pairs, default the trained ones)")
     e.add_argument("--lengths", type=_lengths, default=[2 ** k for k in range(5, 15)],
                    help="comma-separated sequence lengths (default: 32,64,…,16384)")
     e.add_argument("--recurrent", action="store_true", help="evaluate with the recurrent step mode (constant memory)")
@@ -372,6 +378,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--num-kv-pairs", type=_pair_counts,
                    help="mqar: comma-separated key-value pair counts, mixed in equal shares in every batch "
                         "(default: 4,8,16)")
+    t.add_argument("--random-non-queries", default=None, action=argparse.BooleanOptionalAction,
+                   help="mqar: fill the positions between queries with random tokens (default), or with token 0 "
+                        "(--no-random-non-queries, the setting of Zoology's Figure 2)")
     m = p.add_argument_group("model")
     m.add_argument("--d-model", type=_positive_int, default=64, help="model width")
     m.add_argument("--n-layers", type=_positive_int, default=2, help="number of blocks")
@@ -443,6 +452,25 @@ def extrapolation(directory, lengths, num_examples: int = 64, recurrent: bool = 
                                              seed=EVAL_SEED, batch_size=batch_size, recurrent=recurrent)
     return {"lengths": list(acc), "accuracy": list(acc.values()), "num_examples": num_examples,
             "train_length": log["task"]["seq_len"], "recurrent": recurrent}
+
+
+def recall_curve(directory, pair_counts=None, num_examples: int = 256) -> dict:
+    """MQAR accuracy of a saved checkpoint at each pair count (default: the trained ones), on
+    ``num_examples`` seeded examples each (seed EVAL_SEED + P) of the trained length and vocabulary:
+    {"pairs": […], "accuracy": […], …}. Pair counts that do not fit the length (4P > seq_len) are
+    an error, named by :func:`ssm_tutor.tasks.mqar`."""
+    log = json.loads((Path(directory) / "train_log.json").read_text())
+    if log["task"]["name"] != "mqar":
+        raise ValueError(f"{directory} was trained on {log['task']['name']!r}, not mqar")
+    sizes = log["task"]
+    pair_counts = list(pair_counts or sizes["num_kv_pairs"])
+    model = load_model(directory)
+    accuracy = [tasks.model_accuracy(model, tasks.mqar(num_examples, sizes["seq_len"], P, sizes["vocab_size"],
+                                                       seed=EVAL_SEED + P,
+                                                       random_non_queries=sizes.get("random_non_queries", True)))
+                for P in pair_counts]
+    return {"pairs": pair_counts, "accuracy": accuracy, "num_examples": num_examples,
+            "trained_pairs": sizes["num_kv_pairs"], "seq_len": sizes["seq_len"], "vocab_size": sizes["vocab_size"]}
 
 
 EVAL_LENGTHS = (32, 128, 512)   # induction heads: the standard evaluation's lengths
@@ -531,11 +559,15 @@ def _run(args, argv):
             p.error(f"argument --evaluate: {str(directory)!r} is not a checkpoint written by this command "
                     f"(no train_log.json)")
         start = time.perf_counter()
-        result = extrapolation(directory, args.lengths, args.eval_examples, args.recurrent)
+        if json.loads((directory / "train_log.json").read_text())["task"]["name"] == "mqar":
+            result, name, x = recall_curve(directory, args.num_kv_pairs, args.eval_examples), "recall.json", "pairs"
+        else:
+            result = extrapolation(directory, args.lengths, args.eval_examples, args.recurrent)
+            name, x = "extrapolation.json", "lengths"
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["command"] = "python -m ssm_tutor.train " + shlex.join(argv)
-        (directory / "extrapolation.json").write_text(json.dumps(result) + "\n")
-        print(" ".join(f"{n}:{a:.2f}" for n, a in zip(result["lengths"], result["accuracy"])))
+        (directory / name).write_text(json.dumps(result) + "\n")
+        print(" ".join(f"{n}:{a:.2f}" for n, a in zip(result[x], result["accuracy"])))
         return result
     missing = [flag for flag, value in (("--task", args.task), ("--out", args.out)) if value is None]
     if missing:
@@ -544,6 +576,8 @@ def _run(args, argv):
         p.error("argument --num-tokens: only selective_copying has tokens to copy")
     if args.task != "mqar" and args.num_kv_pairs is not None:
         p.error("argument --num-kv-pairs: only mqar has key-value pairs")
+    if args.task != "mqar" and args.random_non_queries is not None:
+        p.error("argument --random-non-queries: only mqar has queries")
     if (args.task in LABELLING_TASKS) != (args.model == "bimamba"):
         p.error(f"argument --model: {args.task} is a token-labelling task, trained with --model bimamba "
                 f"(with --no-bidirectional for the causal twin)" if args.task in LABELLING_TASKS else
