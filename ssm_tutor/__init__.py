@@ -13,6 +13,7 @@ stage  module                       what it builds
 6      ``ssm_tutor.kernels``        the Triton kernel that keeps the state in SRAM
 7      ``ssm_tutor.mamba``          the full Mamba language model
 8      ``ssm_tutor.train``          training on the Mamba paper's synthetic tasks
+10     ``ssm_tutor.hybrid``         recall (MQAR), Jamba-style hybrids; ``bidirectional``
 =====  ===========================  =============================================
 
 Modules are imported on demand (``import ssm_tutor.scan``), so importing the

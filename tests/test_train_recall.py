@@ -2,6 +2,7 @@
 the recall curve of a saved checkpoint."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,20 @@ def test_bad_stage_10_arguments_give_clear_messages(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert __import__("re").search(message, capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------------------------------------- shipped recall curves
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@pytest.mark.parametrize("directory", sorted(p.parent for p in CHECKPOINTS.glob("*/recall.json")), ids=lambda p: p.name)
+def test_shipped_recall_curve_reproduces_one_point(directory):
+    """Notebook 10 plots recall.json; re-measure its point at the largest trained pair count (each pair
+    count has its own seeded batch, so one point can be measured alone) with the recorded settings."""
+    from ssm_tutor.train import recall_curve
+
+    recorded = json.loads((directory / "recall.json").read_text())
+    P = max(recorded["trained_pairs"])
+    measured = recall_curve(directory, [P], recorded["num_examples"])
+    assert measured["accuracy"] == pytest.approx([recorded["accuracy"][recorded["pairs"].index(P)]], abs=1e-9)
+    assert recorded["command"].startswith("python -m ssm_tutor.train --evaluate checkpoints/")
