@@ -497,8 +497,10 @@ def evaluate_checkpoint(directory, num_examples: int = STANDARD_EVAL_EXAMPLES) -
         batch = make_task("selective_copying", **sizes)(EVAL_SEED, num_examples)
         return {"accuracy": tasks.model_accuracy(model, batch)}
     if log["task"]["name"] == "mqar":
+        filler = sizes.get("random_non_queries", True)           # the filler the model was trained with
         return {f"accuracy@{P}": tasks.model_accuracy(model, tasks.mqar(num_examples, sizes["seq_len"], P,
-                                                                         sizes["vocab_size"], seed=EVAL_SEED))
+                                                                         sizes["vocab_size"], seed=EVAL_SEED,
+                                                                         random_non_queries=filler))
                 for P in sizes["num_kv_pairs"]}
     if log["task"]["name"] == "occurs_again":
         batch = make_task("occurs_again", **sizes)(EVAL_SEED, num_examples)

@@ -14,7 +14,7 @@ TINY = ["--d-model", "16", "--d-state", "4", "--steps", "3", "--warmup", "1", "-
         "--eval-every", "3", "--eval-examples", "6", "--no-progress"]
 
 
-def test_mqar_hybrid_trains_saves_and_measures_its_recall_curve(tmp_path, capsys):
+def test_mqar_hybrid_trains_saves_and_measures_its_recall_curve(tmp_path, capsys, monkeypatch):
     out = tmp_path / "h"
     main(["--task", "mqar", "--seq-len", "16", "--vocab-size", "32", "--num-kv-pairs", "2,4", "--model", "hybrid",
           "--n-heads", "2", "--no-random-non-queries", *TINY, "--out", str(out)])
@@ -29,6 +29,13 @@ def test_mqar_hybrid_trains_saves_and_measures_its_recall_curve(tmp_path, capsys
     assert recall["pairs"] == [1, 2, 3, 4] and len(recall["accuracy"]) == 4 and recall["num_examples"] == 8
     assert recall["command"].startswith("python -m ssm_tutor.train --evaluate") and result["pairs"] == [1, 2, 3, 4]
     assert all(0 <= a <= 1 for a in recall["accuracy"])
+    # the standard evaluation (eval.json) draws its examples with the filler the model was trained on
+    from ssm_tutor import tasks
+    from ssm_tutor.train import evaluate_checkpoint
+    fillers, real_mqar = [], tasks.mqar
+    monkeypatch.setattr(tasks, "mqar", lambda *a, **k: fillers.append(k.get("random_non_queries", True)) or real_mqar(*a, **k))
+    evaluate_checkpoint(out, 8)
+    assert fillers == [False, False]
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
