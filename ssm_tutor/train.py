@@ -422,24 +422,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pair_counts(text: str) -> list[int]:
+def _integer_list(text: str, minimum: int, each: str) -> list[int]:
+    """A comma-separated list of integers, each at least ``minimum`` (the message names ``each``)."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every pair count must be a positive integer, got {text!r}")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"every {each}, got {text!r}")
     return values
+
+
+def _pair_counts(text: str) -> list[int]:
+    return _integer_list(text, 1, "pair count must be a positive integer")
 
 
 def _lengths(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or min(values) < 3:
-        raise argparse.ArgumentTypeError(f"every length must be at least 3, got {text!r}")
-    return values
+    return _integer_list(text, 3, "length must be at least 3")
 
 
 def extrapolation(directory, lengths, num_examples: int = 64, recurrent: bool = False, batch_size: int = 64) -> dict:
