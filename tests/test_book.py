@@ -59,7 +59,8 @@ OTHER_PAGES = [f for f in toc_files() if not f.startswith("notebooks/")] + ["sea
 
 def test_toc_lists_the_chapters_in_order_and_they_exist():
     assert len(CHAPTERS) >= 8, CHAPTERS
-    assert [Path(c).name[:2] for c in CHAPTERS] == [f"{i:02d}" for i in range(1, len(CHAPTERS) + 1)]
+    numbers = [int(Path(c).name[:2]) for c in CHAPTERS]           # in order; a chapter may land before its
+    assert numbers[0] == 1 and numbers == sorted(set(numbers)), numbers      # predecessor is merged
     missing = [c for c in CHAPTERS if not (ROOT / f"{c}.ipynb").exists()]
     assert not missing, f"chapters in _toc.yml without a notebook: {missing}"
 
