@@ -14,6 +14,7 @@ stage  module                       what it builds
 7      ``ssm_tutor.mamba``          the full Mamba language model
 8      ``ssm_tutor.train``          training on the Mamba paper's synthetic tasks
 9      ``ssm_tutor.costs``          FLOPs, bytes and seconds: the paper's scaling claims, measured
+10     ``ssm_tutor.hybrid``         recall (MQAR), Jamba-style hybrids; ``bidirectional``
 11     ``ssm_tutor.ssd``            Mamba-2's state space duality: the SSD scan in three forms
 11     ``ssm_tutor.mamba2``         the Mamba-2 language model
 =====  ===========================  =============================================

@@ -54,7 +54,7 @@ from ssm_tutor.checkpoint import CheckpointError, load_state, read_config, read_
 from ssm_tutor.mamba import MambaCache, MambaConfig, MambaLM
 from ssm_tutor.validate import check_cache, check_choice, check_positive, check_token_ids
 
-__all__ = ["TransformerLM", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "legacy_ssmlm_key",
+__all__ = ["TransformerLM", "TransformerBlock", "KVCache", "SSMLM", "SSMCache", "cache_nbytes", "legacy_ssmlm_key",
            "save_pretrained", "load_pretrained", "MIXERS", "POS_ENCODINGS"]
 
 POS_ENCODINGS = ("rope", "learned", "sinusoidal")
@@ -99,6 +99,13 @@ class KVCache:
     def batch(self) -> int:
         return self.k[0].shape[0]
 
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` tokens, doubling the capacity until it fits (the stored keys and
+        values are kept)."""
+        while self.k and self.k[0].shape[2] < length:
+            self.k = [torch.cat([k, torch.zeros_like(k)], dim=2) for k in self.k]
+            self.v = [torch.cat([v, torch.zeros_like(v)], dim=2) for v in self.v]
+
 
 class _Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, use_rope: bool):
@@ -114,11 +121,14 @@ class _Attention(nn.Module):
             q, k = rope(q, positions), rope(k, positions)
         return q, k, v
 
-    def forward(self, x):                                   # x: (b, l, d_model)
+    def forward(self, x, return_kv: bool = False):         # x: (b, l, d_model)
+        """Causal self-attention over the whole sequence; with ``return_kv`` also the keys and
+        values (b, heads, l, head_dim) each, to fill a KV cache for :meth:`step`."""
         b, l, d = x.shape
         q, k, v = self._qkv(x, torch.arange(l, device=x.device))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # softmax(q kᵀ/√hd + causal mask) v
-        return self.out(y.transpose(1, 2).reshape(b, l, d))
+        y = self.out(y.transpose(1, 2).reshape(b, l, d))
+        return (y, (k.detach(), v.detach())) if return_kv else y
 
     def step(self, x, layer: int, cache: KVCache):           # x: (b, 1, d_model)
         b, _, d = x.shape
@@ -130,14 +140,25 @@ class _Attention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, 1, d))
 
 
-class _TransformerBlock(nn.Module):
+class TransformerBlock(nn.Module):
+    """Pre-norm Transformer block: x <- x + Attention(LN(x)); x <- x + MLP(LN(x)).
+
+    ``forward(x (b, l, d_model), return_kv=False)``; ``step(x (b, 1, d_model), layer, cache)`` reads
+    and extends ``cache.k[layer]``, ``cache.v[layer]`` (a :class:`KVCache`) at position
+    ``cache.length``. Used by :class:`TransformerLM` and by the attention layers of
+    :class:`ssm_tutor.hybrid.HybridLM`."""
+
     def __init__(self, d_model: int, n_heads: int, use_rope: bool):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
         self.attn = _Attention(d_model, n_heads, use_rope)
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
-    def forward(self, x):
+    def forward(self, x, return_kv: bool = False):
+        if return_kv:
+            y, kv = self.attn(self.ln1(x), return_kv=True)
+            x = x + y
+            return x + self.mlp(self.ln2(x)), kv
         x = x + self.attn(self.ln1(x))
         return x + self.mlp(self.ln2(x))
 
@@ -180,7 +201,7 @@ class TransformerLM(nn.Module):
         self.embedding = nn.Embedding(vocab_size, d_model)
         if pos_encoding == "learned":
             self.pos_embedding = nn.Embedding(max_len, d_model)
-        self.layers = nn.ModuleList(_TransformerBlock(d_model, n_heads, pos_encoding == "rope") for _ in range(n_layers))
+        self.layers = nn.ModuleList(TransformerBlock(d_model, n_heads, pos_encoding == "rope") for _ in range(n_layers))
         self.norm_f = nn.LayerNorm(d_model)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.lm_head.weight = self.embedding.weight             # tied
@@ -219,9 +240,7 @@ class TransformerLM(nn.Module):
         """One token per sequence: token_ids (b,) -> (logits (b, vocab), cache updated in place)."""
         check_token_ids(token_ids, self.vocab_size, name="token_ids", dim=1)
         check_cache(cache, KVCache, token_ids.shape[0])
-        if cache.length == cache.k[0].shape[2]:                                # full: double the room
-            cache.k = [torch.cat([k, torch.zeros_like(k)], dim=2) for k in cache.k]
-            cache.v = [torch.cat([v, torch.zeros_like(v)], dim=2) for v in cache.v]
+        cache.reserve(cache.length + 1)                                        # full: double the room
         x = self._embed(token_ids[:, None], cache.length)                      # (b, 1, d_model)
         for i, layer in enumerate(self.layers):
             x = layer.step(x, i, cache)

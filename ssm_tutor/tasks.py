@@ -1,4 +1,5 @@
-"""The Mamba paper's synthetic tasks: selective copying and induction heads.
+"""The synthetic tasks: the Mamba paper's selective copying and induction heads, and Zoology's
+multi-query associative recall (MQAR).
 
 Paper: Gu & Dao (2023), Section 4.1 and Appendix E.1. Both tasks are seeded, so the same
 arguments always give the same batch. Each returns a :class:`TaskBatch` of ``inputs`` and
@@ -13,6 +14,15 @@ cannot do this: where the data sits changes from example to example, so no fixed
 Induction heads (Section 4.1.2): random tokens, with a trigger token placed once somewhere in
 the sequence and followed by the answer token; the sequence ends with the trigger again and the
 model must recall the token that followed its first occurrence.
+
+Multi-query associative recall (Arora et al. 2023, *Zoology*, Section 3 and Appendix E; stage 10):
+the sequence opens with key-value pairs ``k1 v1 k2 v2 …``, and later each key appears once more,
+where the model must answer with its value. Recalling many pairs at once is what a fixed-size
+state finds hard (notebook 10).
+
+Occurs again (stage 10, bidirectional models): label every token 1 if the same token occurs again
+later in the sequence, else 0. The answer depends only on the *future*, so a causal model can do
+no better than guess from the position (:func:`occurs_again_causal_ceiling`).
 """
 
 from __future__ import annotations
@@ -23,7 +33,8 @@ import torch
 
 from ssm_tutor.validate import check_positive
 
-__all__ = ["TaskBatch", "selective_copying", "induction_heads", "IGNORE", "NOISE", "MARKER", "TRIGGER",
+__all__ = ["TaskBatch", "selective_copying", "induction_heads", "mqar", "mqar_mixture", "occurs_again",
+           "occurs_again_causal_ceiling", "IGNORE", "NOISE", "MARKER", "TRIGGER",
            "masked_accuracy"]
 
 IGNORE = -100   # target value for positions that are not scored (PyTorch's cross_entropy default)
@@ -95,6 +106,114 @@ def induction_heads(num_examples: int, seq_len: int = 256, vocab_size: int = 16,
     return TaskBatch(inputs, targets)
 
 
+def mqar(num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, seed: int = 0,
+         power_a: float = 0.01, random_non_queries: bool = True) -> TaskBatch:
+    """Multi-query associative recall (MQAR) examples, as Zoology defines them.
+
+    Token ids: keys come from [1, vocab_size/2), values from [vocab_size/2, vocab_size) (integer
+    halves: ``vocab_size // 2``). Each example, of length ``seq_len``:
+
+    * positions 0 … 2P-1 (P = ``num_kv_pairs``): the pairs ``k_1 v_1 … k_P v_P``, the P keys
+      distinct, the P values distinct;
+    * after them, each key is queried exactly once, at position 2P + 2·g, where the slot g is
+      drawn (without replacement) from the power law p(g) ∝ a·(g+1)^(a-1), g = 0 … S-1,
+      S = (seq_len - 2P) // 2 and a = ``power_a`` (0.01: most queries come soon after the pairs,
+      a few much later, as repeated bigrams do in text);
+    * every other position holds a random token from [0, vocab_size), so a key id can also turn
+      up as noise (Zoology's ``random_non_queries``, its generator's default); with
+      ``random_non_queries=False`` it holds 0, a token no key or value uses (the setting of
+      Zoology's Figure 2 runs).
+
+    targets: at a query position the value paired with the queried key; IGNORE everywhere else
+    (the model reads the key and must *predict* its value, like a next-token prediction).
+
+    Raises ValueError when 4·P > seq_len (P pairs and P queries with a noise token after each need
+    4P positions), or when the vocabulary has fewer than P keys or P values to draw from.
+    """
+    check_positive(num_examples=num_examples, seq_len=seq_len, num_kv_pairs=num_kv_pairs,
+                    vocab_size=vocab_size)
+    P = num_kv_pairs
+    if 4 * P > seq_len:
+        raise ValueError(f"mqar: num_kv_pairs={P} needs seq_len >= 4·num_kv_pairs = {4 * P} (2 tokens per pair, "
+                         f"then a query and a filler token per pair), got seq_len={seq_len}")
+    half = vocab_size // 2
+    if half - 1 < P or vocab_size - half < P:
+        raise ValueError(f"mqar: vocab_size={vocab_size} has {half - 1} key ids in [1, {half}) and "
+                         f"{vocab_size - half} value ids in [{half}, {vocab_size}); num_kv_pairs={P} distinct "
+                         f"keys need vocab_size >= {2 * P + 2}")
+    if not (isinstance(power_a, (int, float)) and 0 < power_a <= 1):
+        raise ValueError(f"mqar: power_a must be in (0, 1] (1 is uniform), got {power_a!r}")
+    g = _generator(seed)
+    N, context = num_examples, 2 * P
+    # P distinct keys and P distinct values per example: the first P of a random permutation
+    keys = 1 + torch.rand(N, half - 1, generator=g).argsort(dim=1)[:, :P]               # (N, P) in [1, half)
+    values = half + torch.rand(N, vocab_size - half, generator=g).argsort(dim=1)[:, :P]  # (N, P) in [half, V)
+    # the query slots: P distinct slots per example, drawn from the power law
+    slots = (seq_len - context) // 2                                                     # S
+    law = power_a * torch.arange(1, slots + 1, dtype=torch.float64) ** (power_a - 1)     # (S,)
+    gaps = torch.multinomial(law.expand(N, slots), P, replacement=False, generator=g)    # (N, P)
+    query_pos = context + 2 * gaps                                                       # (N, P)
+
+    inputs = torch.randint(0, vocab_size, (N, seq_len), generator=g)                     # the noise
+    if not random_non_queries:
+        inputs.zero_()
+    inputs[:, 0:context:2] = keys
+    inputs[:, 1:context:2] = values
+    inputs.scatter_(1, query_pos, keys)                  # key i is queried at query_pos[:, i]
+    targets = torch.full_like(inputs, IGNORE)
+    targets.scatter_(1, query_pos, values)               # … and the answer there is its value
+    return TaskBatch(inputs, targets)
+
+
+def mqar_mixture(num_examples: int, seq_len: int, pair_counts, vocab_size: int, seed: int = 0,
+                 random_non_queries: bool = True) -> TaskBatch:
+    """MQAR examples mixing several pair counts in equal shares (as Zoology trains), concatenated
+    in the order of ``pair_counts``: the first ones get one example more when the shares do not
+    divide evenly. Share i is ``mqar(…, seed=100·seed + i)``."""
+    pair_counts = [pair_counts] if isinstance(pair_counts, int) else list(pair_counts)
+    if not pair_counts or len(pair_counts) > 100:
+        raise ValueError(f"pair_counts must list 1 to 100 pair counts, got {pair_counts!r}")
+    check_positive(num_examples=num_examples)
+    if num_examples < len(pair_counts):
+        raise ValueError(f"num_examples ({num_examples}) must be at least the number of pair counts "
+                         f"({len(pair_counts)}) so that each gets an example")
+    k = len(pair_counts)
+    parts = [mqar(num_examples // k + (i < num_examples % k), seq_len, P, vocab_size, seed=100 * seed + i,
+                  random_non_queries=random_non_queries)
+             for i, P in enumerate(pair_counts)]
+    return TaskBatch(torch.cat([b.inputs for b in parts]), torch.cat([b.targets for b in parts]))
+
+
+def occurs_again(num_examples: int, seq_len: int = 32, vocab_size: int = 16, seed: int = 0) -> TaskBatch:
+    """Token labelling: does this token occur again later in the sequence?
+
+    inputs:  (num_examples, seq_len), tokens drawn uniformly from [0, vocab_size).
+    targets: (num_examples, seq_len), 1 at position t if inputs[t] == inputs[s] for some s > t,
+             else 0; every position is scored (two labels, no IGNORE).
+    """
+    check_positive(num_examples=num_examples, seq_len=seq_len, vocab_size=vocab_size)
+    g = _generator(seed)
+    inputs = torch.randint(0, vocab_size, (num_examples, seq_len), generator=g)        # (N, L)
+    same = inputs[:, :, None] == inputs[:, None, :]                                    # (N, L, L): x_t == x_s
+    later = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)                     # s > t
+    targets = (same & later).any(dim=2).long()                                         # (N, L)
+    return TaskBatch(inputs, targets)
+
+
+def occurs_again_causal_ceiling(seq_len: int, vocab_size: int) -> float:
+    """The best accuracy any causal model can reach on :func:`occurs_again`.
+
+    Tokens are independent and uniform, so what a causal model has read says nothing about the
+    tokens still to come: at position t its best guess is the likelier label given t alone.
+    The token occurs again with probability p_t = 1 - (1 - 1/V)^(L-1-t), and the best
+    accuracy is the average over positions of max(p_t, 1 - p_t).
+    """
+    check_positive(seq_len=seq_len, vocab_size=vocab_size)
+    q = 1.0 - 1.0 / vocab_size
+    p = [1.0 - q ** (seq_len - 1 - t) for t in range(seq_len)]
+    return sum(max(pt, 1.0 - pt) for pt in p) / seq_len
+
+
 def masked_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Fraction of scored positions (targets != IGNORE) where argmax(logits) equals the target.
 
@@ -123,7 +242,9 @@ def model_logits(model, batch: TaskBatch, batch_size: int = 64) -> torch.Tensor:
     check_positive(batch_size=batch_size)
     was_training = model.training
     model.eval()
-    logits = torch.cat([model(batch.inputs[i:i + batch_size]) for i in range(0, len(batch.inputs), batch_size)])
+    device = next(model.parameters()).device                      # run where the model is, answer on the CPU
+    logits = torch.cat([model(batch.inputs[i:i + batch_size].to(device)).cpu()
+                        for i in range(0, len(batch.inputs), batch_size)])
     model.train(was_training)
     return logits
 

@@ -12,6 +12,14 @@ The loop (:func:`train`) is the whole recipe, readable in one screen:
         AdamW step (weight decay on matrices, not on norms/biases/A_log/D/Δ-bias)
         every `eval_every` steps: loss and accuracy on a fixed evaluation batch
 
+Data-parallel training (stage 10): the same command runs unchanged under
+``torchrun --nproc_per_node N`` (PyTorch DDP; the gloo backend on a CPU, nccl with ``--device
+cuda``). Every process builds the same seeded *global* batch and trains on its own 1/N of the
+rows; the loss of each process is its share of the global batch's masked mean, so after DDP
+averages the gradients every process holds exactly the gradient of the one-process run
+(:func:`sharded_loss`), and the loss curve is the same up to float rounding (tested at two
+processes). Process 0 evaluates and writes the checkpoint. ``--batch-size`` is the global batch.
+
 Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json``, ``eval.json`` and
 ``COMMAND.txt`` into ``--out``, which must be new or empty unless ``--overwrite``)::
 
@@ -21,6 +29,8 @@ Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json``
     python -m ssm_tutor.train --task selective_copying --model ssm --mixer lti --no-gated --out /tmp/s4
     # a curriculum: continue a length-64 checkpoint at length 256 (the model flags must match it)
     python -m ssm_tutor.train --task induction_heads --seq-len 256 --init-from checkpoints/ih_mamba_64 --out /tmp/ih256
+    # stage 10: multi-query associative recall on a mixture of pair counts, on two processes
+    torchrun --nproc_per_node 2 -m ssm_tutor.train --task mqar --num-kv-pairs 4,8,16 --model transformer --out /tmp/mqar
 
 ``--model mamba`` is :class:`ssm_tutor.mamba.MambaLM` (saved in the Hugging Face Mamba format);
 ``transformer`` and ``ssm`` are :mod:`ssm_tutor.baselines` (saved as described there).
@@ -40,6 +50,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -49,11 +60,13 @@ from ssm_tutor.tasks import IGNORE, TaskBatch
 from ssm_tutor.validate import (non_negative_float_arg, non_negative_int_arg, positive_float_arg, positive_int_arg,
                                 positive_number)
 
-__all__ = ["lr_at", "masked_cross_entropy", "make_task", "build_model", "train", "save_model", "load_model",
-           "evaluate_checkpoint", "extrapolation", "main", "TASKS", "MODELS", "EVAL_SEED", "EVAL_LENGTHS"]
+__all__ = ["lr_at", "masked_cross_entropy", "process_group", "sharded_loss", "shard", "make_task", "build_model", "train",
+           "save_model", "load_model", "evaluate_checkpoint", "extrapolation", "recall_curve", "main", "TASKS", "MODELS",
+           "EVAL_SEED", "EVAL_LENGTHS"]
 
-TASKS = ("selective_copying", "induction_heads")
-MODELS = ("mamba", "transformer", "ssm")
+TASKS = ("selective_copying", "induction_heads", "mqar", "occurs_again")
+MODELS = ("mamba", "transformer", "ssm", "hybrid", "bimamba")
+LABELLING_TASKS = {"occurs_again": 2}   # task -> number of labels: a per-token classifier (bimamba), not an LM
 EVAL_SEED = 10_000_019          # the evaluation batch's seed; training batches use seeds seed·10⁶ + step
 
 
@@ -73,42 +86,108 @@ def lr_at(step: int, total_steps: int, lr: float, warmup_steps: int, min_lr_rati
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Mean of -log softmax(logits)[target] over the scored positions (targets != IGNORE) only.
 
     logits: (N, L, V) float; targets: (N, L) int64 with IGNORE = -100 where not scored. A batch
     with no scored position has no mean (PyTorch would return NaN): that raises ValueError.
+    ``reduction="sum"``: the sum over the scored positions instead (0 when there are none).
     """
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits must have shape (*targets.shape, V) = {tuple(targets.shape)} + (V,), "
                          f"got {tuple(logits.shape)}")
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
         raise TypeError(f"targets must hold integer class ids (int64), got dtype {targets.dtype}")
-    if not (targets != IGNORE).any():
+    if reduction == "mean" and not (targets != IGNORE).any():
         raise ValueError(f"targets has no scored positions (all {targets.numel()} are IGNORE = {IGNORE}): "
                          f"the masked mean would be 0/0")
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction=reduction)
+
+
+# ----------------------------------------------------------------------------------------------
+# data parallelism: every process trains on its rows of the same global batch
+# ----------------------------------------------------------------------------------------------
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) in a plain run, its place under torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(batch: TaskBatch, rank: int, world: int) -> TaskBatch:
+    """Process ``rank``'s rows of the global batch: the rank-th of ``world`` equal contiguous parts."""
+    n = len(batch.inputs)
+    if n % world:
+        raise ValueError(f"the global batch of {n} examples does not split evenly over {world} processes; "
+                         f"choose a batch size divisible by {world}")
+    rows = slice(rank * n // world, (rank + 1) * n // world)
+    return TaskBatch(batch.inputs[rows], batch.targets[rows])
+
+
+def sharded_loss(logits: torch.Tensor, targets: torch.Tensor, scored: int, world: int) -> torch.Tensor:
+    """This process's part of the global batch's masked mean cross-entropy.
+
+    With S_r the sum of the cross-entropies at this process's scored positions and ``scored`` the
+    number of scored positions in the whole global batch, the loss is S_r · world / scored. DDP
+    averages the gradients over the ``world`` processes, so every one ends up with
+    ∇ (Σ_r S_r) / scored, the gradient of the one-process mean. (The per-process *mean* would be
+    wrong whenever the processes' shares hold different numbers of scored positions, as in an
+    MQAR batch mixing pair counts.) With world = 1 it is the masked mean itself, computed as
+    :func:`masked_cross_entropy` does (so one-process runs round exactly as before).
+    """
+    if world == 1:
+        return masked_cross_entropy(logits, targets)
+    return masked_cross_entropy(logits, targets, reduction="sum") * (world / scored)
 
 
 # ----------------------------------------------------------------------------------------------
 # tasks and models by name
 # ----------------------------------------------------------------------------------------------
-def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8):
-    """A function seed, n -> TaskBatch for the task ``name`` with these sizes."""
+def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8, num_kv_pairs=(8,),
+              random_non_queries: bool = True):
+    """A function seed, n -> TaskBatch for the task ``name`` with these sizes.
+
+    ``num_kv_pairs`` (mqar): a list of pair counts; each batch mixes them in equal shares;
+    ``random_non_queries`` (mqar): random filler tokens (True) or token 0 (see ``tasks.mqar``)."""
     if name == "selective_copying":
         return lambda seed, n: tasks.selective_copying(n, seq_len, num_tokens, vocab_size, seed=seed)
     if name == "induction_heads":
         return lambda seed, n: tasks.induction_heads(n, seq_len, vocab_size, seed=seed)
+    if name == "mqar":
+        return lambda seed, n: tasks.mqar_mixture(n, seq_len, num_kv_pairs, vocab_size, seed=seed,
+                                                  random_non_queries=random_non_queries)
+    if name == "occurs_again":
+        return lambda seed, n: tasks.occurs_again(n, seq_len, vocab_size, seed=seed)
     raise ValueError(f"task must be one of {TASKS}, got {name!r}")
 
 
 def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
                 n_heads: int = 4, max_len: int = 256, pos_encoding: str = "rope", mixer: str = "selective",
-                gated: bool = True, dt_min: float = 0.001, dt_max: float = 0.1) -> nn.Module:
-    """A fresh model: "mamba" (MambaLM), "transformer" (TransformerLM) or "ssm" (SSMLM with mixer/gated).
+                gated: bool = True, dt_min: float = 0.001, dt_max: float = 0.1, num_labels: int = 2,
+                bidirectional: bool = True, attn_layer_period: int = 2, attn_layer_offset: int = 1) -> nn.Module:
+    """A fresh model: "mamba" (MambaLM), "transformer" (TransformerLM), "ssm" (SSMLM with mixer/gated),
+    "hybrid" (HybridLM: layer i is attention when (i - attn_layer_offset) % attn_layer_period == 0, with
+    ``n_heads`` heads, else Mamba), or "bimamba" (the per-token classifier BiMamba with ``num_labels``;
+    ``bidirectional=False``: its causal twin).
 
-    ``dt_min``, ``dt_max`` (mamba): the range Δ = softplus(dt_proj bias) starts in (log-uniform per channel).
+    ``dt_min``, ``dt_max`` (mamba, hybrid, bimamba): the range Δ = softplus(dt_proj bias) starts in
+    (log-uniform per channel).
     """
+    if name == "hybrid":
+        from ssm_tutor.hybrid import HybridConfig, HybridLM
+        return HybridLM(HybridConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                                     state_size=d_state, time_step_min=dt_min, time_step_max=dt_max,
+                                     num_attention_heads=n_heads, attn_layer_period=attn_layer_period,
+                                     attn_layer_offset=attn_layer_offset))
+    if name == "bimamba":
+        from ssm_tutor.bidirectional import BiMamba
+        from ssm_tutor.mamba import MambaConfig
+        return BiMamba(MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                                   state_size=d_state, time_step_min=dt_min, time_step_max=dt_max),
+                       num_labels, bidirectional=bidirectional)
     if name == "mamba":
         from ssm_tutor.mamba import MambaConfig, MambaLM
         return MambaLM(MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
@@ -130,9 +209,16 @@ def save_model(model: nn.Module, directory) -> None:
 
 def load_model(directory) -> nn.Module:
     """Load any checkpoint this module writes, choosing the class from config.json's model_type."""
-    if read_config(directory).get("model_type") == "mamba":
+    model_type = read_config(directory).get("model_type")
+    if model_type == "mamba":
         from ssm_tutor.mamba import MambaLM
         return MambaLM.from_pretrained(directory).eval()
+    if model_type == "ssm_tutor_hybrid":
+        from ssm_tutor.hybrid import HybridLM
+        return HybridLM.from_pretrained(directory)
+    if model_type == "ssm_tutor_bimamba":
+        from ssm_tutor.bidirectional import BiMamba
+        return BiMamba.from_pretrained(directory)
     return baselines.load_pretrained(directory)
 
 
@@ -158,20 +244,33 @@ def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr:
     """Train ``model`` in place on ``task`` (seed, n -> TaskBatch); return the log (losses, evaluations).
 
     ``clip``: the largest gradient norm a step may use (> 0), or None for no clipping.
+    Under ``torchrun`` (an initialised process group of N processes) each process trains on its
+    1/N of every global batch of ``batch_size`` examples (see the module docstring); the returned
+    log is the same on every process except that only process 0 evaluates.
     """
     _check_clip(clip)
+    rank, world = process_group()
+    if batch_size % world:
+        raise ValueError(f"batch_size ({batch_size}) is the global batch: it must be divisible by the number "
+                         f"of processes ({world})")
     torch.manual_seed(seed)
+    device = next(model.parameters()).device
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    net = model
+    if world > 1:     # averages the gradients over the processes during backward()
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     eval_batch = task(EVAL_SEED, eval_examples)
     log = {"step": [], "loss": [], "lr": [], "eval_step": [], "eval_loss": [], "eval_accuracy": []}
     model.train()
-    bar = tqdm(range(1, steps + 1), desc="training", disable=not progress)
+    bar = tqdm(range(1, steps + 1), desc="training", disable=not progress or rank != 0)
     for step in bar:
-        batch = task(seed * 1_000_000 + step, batch_size)
-        loss = masked_cross_entropy(model(batch.inputs), batch.targets)
+        batch = task(seed * 1_000_000 + step, batch_size)          # the global batch, the same in every process
+        scored = int((batch.targets != IGNORE).sum())
+        mine = shard(batch, rank, world)                           # this process's rows (all of them if world = 1)
+        loss = sharded_loss(net(mine.inputs.to(device)), mine.targets.to(device), scored, world)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip is not None:
@@ -179,8 +278,12 @@ def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         opt.step()
+        loss = loss.detach()
+        if world > 1:                                              # the global batch's mean, for the log
+            dist.all_reduce(loss)
+            loss /= world
         log["step"].append(step); log["loss"].append(round(loss.item(), 5)); log["lr"].append(opt.param_groups[0]["lr"])
-        if step % eval_every == 0 or step == steps:
+        if rank == 0 and (step % eval_every == 0 or step == steps):
             eval_loss, eval_acc = evaluate(model, eval_batch)
             log["eval_step"].append(step); log["eval_loss"].append(round(eval_loss, 5))
             log["eval_accuracy"].append(round(eval_acc, 5))
@@ -199,7 +302,10 @@ _positive_float, _non_negative_float = positive_float_arg, non_negative_float_ar
 
 # per-task defaults (paper, Appendix E.1, shrunk to a 2-core CPU)
 TASK_DEFAULTS = {"selective_copying": dict(seq_len=32, vocab_size=10, num_tokens=4),
-                 "induction_heads": dict(seq_len=256, vocab_size=16)}
+                 "induction_heads": dict(seq_len=256, vocab_size=16),
+                 # stage 10 (Zoology's sizes, shrunk: notebook 10 says why)
+                 "mqar": dict(seq_len=64, vocab_size=256, num_kv_pairs=[4, 8, 16], random_non_queries=True),
+                 "occurs_again": dict(seq_len=32, vocab_size=16)}
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
@@ -223,8 +329,11 @@ def parser() -> argparse.ArgumentParser:
                         "must be writable, and empty or new unless --overwrite")
     p.add_argument("--overwrite", action="store_true",
                    help="write into --out even if it already holds files (the checkpoint's files are replaced)")
-    e = p.add_argument_group("evaluate a saved induction-heads checkpoint at many lengths instead of training")
-    e.add_argument("--evaluate", metavar="DIR", help="checkpoint directory; writes DIR/extrapolation.json")
+    e = p.add_argument_group("evaluate a saved checkpoint instead of training: an induction-heads one at many "
+                             "lengths, an mqar one at many pair counts")
+    e.add_argument("--evaluate", metavar="DIR",
+                   help="checkpoint directory; writes DIR/extrapolation.json (induction heads: --lengths) or "
+                        "DIR/recall.json (mqar: --num-kv-pairs, default the trained ones)")
     e.add_argument("--lengths", type=_lengths, default=[2 ** k for k in range(5, 15)],
                    help="comma-separated sequence lengths (default: 32,64,…,16384)")
     e.add_argument("--recurrent", action="store_true", help="evaluate with the recurrent step mode (constant memory)")
@@ -234,6 +343,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=_positive_int,
                    help="tokens, incl. noise/marker or trigger (default: 10 for selective copying, 16 for induction heads)")
     t.add_argument("--num-tokens", type=_positive_int, help="selective copying: data tokens to copy (default: 4)")
+    t.add_argument("--num-kv-pairs", type=_pair_counts,
+                   help="mqar: comma-separated key-value pair counts, mixed in equal shares in every batch "
+                        "(default: 4,8,16)")
+    t.add_argument("--random-non-queries", default=None, action=argparse.BooleanOptionalAction,
+                   help="mqar: fill the positions between queries with random tokens (default), or with token 0 "
+                        "(--no-random-non-queries, the setting of Zoology's Figure 2)")
     m = p.add_argument_group("model")
     m.add_argument("--d-model", type=_positive_int, default=64, help="model width")
     m.add_argument("--n-layers", type=_positive_int, default=2, help="number of blocks")
@@ -241,10 +356,16 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--dt-min", type=_positive_float, default=0.001,
                    help="(mamba) smallest initial Δ; a smaller one starts some channels with a longer memory")
     m.add_argument("--dt-max", type=_positive_float, default=0.1, help="(mamba) largest initial Δ")
-    m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer)")
+    m.add_argument("--n-heads", type=_positive_int, default=4, help="attention heads (transformer, hybrid)")
     m.add_argument("--pos-encoding", default="rope", choices=baselines.POS_ENCODINGS, help="(transformer) positions")
     m.add_argument("--mixer", default="selective", choices=baselines.MIXERS, help="(ssm) the inner layer")
     m.add_argument("--gated", default=True, action=argparse.BooleanOptionalAction, help="(ssm) gate with SiLU(z)")
+    m.add_argument("--attn-layer-period", type=_positive_int, default=2,
+                   help="(hybrid) one attention layer every this many layers")
+    m.add_argument("--attn-layer-offset", type=_non_negative_int, default=1,
+                   help="(hybrid) the first attention layer; layer i is attention when (i - offset) % period == 0")
+    m.add_argument("--bidirectional", default=True, action=argparse.BooleanOptionalAction,
+                   help="(bimamba) scan both directions; --no-bidirectional: the causal twin")
     o = p.add_argument_group("optimisation")
     o.add_argument("--steps", type=_positive_int, default=400, help="training steps")
     o.add_argument("--batch-size", type=_positive_int, default=32, help="examples per step")
@@ -263,17 +384,29 @@ def parser() -> argparse.ArgumentParser:
     o.add_argument("--threads", type=_positive_int, default=1,
                    help="torch CPU threads (1: these tiny models gain nothing from more, and lose a lot on a busy CPU)")
     o.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    o.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to train; under torchrun, cuda means cuda:LOCAL_RANK and the nccl backend "
+                        "(gloo on the CPU)")
     return p
 
 
-def _lengths(text: str) -> list[int]:
+def _integer_list(text: str, minimum: int, each: str) -> list[int]:
+    """A comma-separated list of integers, each at least ``minimum`` (the message names ``each``)."""
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from None
-    if not values or min(values) < 3:
-        raise argparse.ArgumentTypeError(f"every length must be at least 3, got {text!r}")
+    if not values or min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"every {each}, got {text!r}")
     return values
+
+
+def _pair_counts(text: str) -> list[int]:
+    return _integer_list(text, 1, "pair count must be a positive integer")
+
+
+def _lengths(text: str) -> list[int]:
+    return _integer_list(text, 3, "length must be at least 3")
 
 
 def extrapolation(directory, lengths, num_examples: int = 64, recurrent: bool = False, batch_size: int = 64) -> dict:
@@ -288,6 +421,25 @@ def extrapolation(directory, lengths, num_examples: int = 64, recurrent: bool = 
             "train_length": log["task"]["seq_len"], "recurrent": recurrent}
 
 
+def recall_curve(directory, pair_counts=None, num_examples: int = 256) -> dict:
+    """MQAR accuracy of a saved checkpoint at each pair count (default: the trained ones), on
+    ``num_examples`` seeded examples each (seed EVAL_SEED + P) of the trained length and vocabulary:
+    {"pairs": […], "accuracy": […], …}. Pair counts that do not fit the length (4P > seq_len) are
+    an error, named by :func:`ssm_tutor.tasks.mqar`."""
+    log = json.loads((Path(directory) / "train_log.json").read_text())
+    if log["task"]["name"] != "mqar":
+        raise ValueError(f"{directory} was trained on {log['task']['name']!r}, not mqar")
+    sizes = log["task"]
+    pair_counts = list(pair_counts or sizes["num_kv_pairs"])
+    model = load_model(directory)
+    accuracy = [tasks.model_accuracy(model, tasks.mqar(num_examples, sizes["seq_len"], P, sizes["vocab_size"],
+                                                       seed=EVAL_SEED + P,
+                                                       random_non_queries=sizes.get("random_non_queries", True)))
+                for P in pair_counts]
+    return {"pairs": pair_counts, "accuracy": accuracy, "num_examples": num_examples,
+            "trained_pairs": sizes["num_kv_pairs"], "seq_len": sizes["seq_len"], "vocab_size": sizes["vocab_size"]}
+
+
 EVAL_LENGTHS = (32, 128, 512)   # induction heads: the standard evaluation's lengths
 
 
@@ -299,7 +451,11 @@ def evaluate_checkpoint(directory, num_examples: int = STANDARD_EVAL_EXAMPLES) -
     what the notebook prints and ``eval.json`` records:
 
     selective copying: {"accuracy": …} over the copied tokens (num_examples · num_tokens of them);
-    induction heads:   {"accuracy@L": …} for L in EVAL_LENGTHS, num_examples // 2 examples each.
+    induction heads:   {"accuracy@L": …} for L in EVAL_LENGTHS, num_examples // 2 examples each;
+    mqar:              {"accuracy@P": …} for each trained pair count P, num_examples examples each
+                       (num_examples · P queries);
+    occurs_again:      {"accuracy": …} over every token of num_examples sequences, and
+                       {"causal_ceiling": …}, the best any causal model can do.
     """
     log = json.loads((Path(directory) / "train_log.json").read_text())
     sizes = {k: v for k, v in log["task"].items() if k != "name"}
@@ -307,6 +463,16 @@ def evaluate_checkpoint(directory, num_examples: int = STANDARD_EVAL_EXAMPLES) -
     if log["task"]["name"] == "selective_copying":
         batch = make_task("selective_copying", **sizes)(EVAL_SEED, num_examples)
         return {"accuracy": tasks.model_accuracy(model, batch)}
+    if log["task"]["name"] == "mqar":
+        filler = sizes.get("random_non_queries", True)           # the filler the model was trained with
+        return {f"accuracy@{P}": tasks.model_accuracy(model, tasks.mqar(num_examples, sizes["seq_len"], P,
+                                                                         sizes["vocab_size"], seed=EVAL_SEED,
+                                                                         random_non_queries=filler))
+                for P in sizes["num_kv_pairs"]}
+    if log["task"]["name"] == "occurs_again":
+        batch = make_task("occurs_again", **sizes)(EVAL_SEED, num_examples)
+        return {"accuracy": tasks.model_accuracy(model, batch),
+                "causal_ceiling": tasks.occurs_again_causal_ceiling(sizes["seq_len"], sizes["vocab_size"])}
     acc = tasks.induction_accuracy_by_length(model, EVAL_LENGTHS, num_examples // 2, sizes["vocab_size"],
                                              seed=EVAL_SEED)
     return {f"accuracy@{n}": a for n, a in acc.items()}
@@ -318,10 +484,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    started = _start_process_group(args.device)
     try:
         return _run(args, argv)
     finally:
         torch.set_num_threads(threads)                  # leave the caller's setting as it was
+        if started:
+            dist.destroy_process_group()
+
+
+def _start_process_group(device: str) -> bool:
+    """Under torchrun (WORLD_SIZE > 1 in the environment) join the process group: gloo for CPU
+    training, nccl for cuda. Returns whether this call started it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+    return True
 
 
 def _load_weights_into(model: nn.Module, directory, p: argparse.ArgumentParser) -> None:
@@ -343,36 +521,62 @@ def _load_weights_into(model: nn.Module, directory, p: argparse.ArgumentParser) 
 def _run(args, argv):
     p = parser()
     if args.evaluate:
+        if process_group()[0] != 0:
+            return {}                               # one process measures and writes
         directory = Path(args.evaluate)
         if not (directory / "train_log.json").is_file():
             p.error(f"argument --evaluate: {str(directory)!r} is not a checkpoint written by this command "
                     f"(no train_log.json)")
         start = time.perf_counter()
-        result = extrapolation(directory, args.lengths, args.eval_examples, args.recurrent)
+        if json.loads((directory / "train_log.json").read_text())["task"]["name"] == "mqar":
+            result, name, x = recall_curve(directory, args.num_kv_pairs, args.eval_examples), "recall.json", "pairs"
+        else:
+            result = extrapolation(directory, args.lengths, args.eval_examples, args.recurrent)
+            name, x = "extrapolation.json", "lengths"
         result["seconds"] = round(time.perf_counter() - start, 1)
         result["command"] = "python -m ssm_tutor.train " + shlex.join(argv)
-        (directory / "extrapolation.json").write_text(json.dumps(result) + "\n")
-        print(" ".join(f"{n}:{a:.2f}" for n, a in zip(result["lengths"], result["accuracy"])))
+        (directory / name).write_text(json.dumps(result) + "\n")
+        print(" ".join(f"{n}:{a:.2f}" for n, a in zip(result[x], result["accuracy"])))
         return result
     missing = [flag for flag, value in (("--task", args.task), ("--out", args.out)) if value is None]
     if missing:
         p.error(f"the following arguments are required: {', '.join(missing)} (or --evaluate DIR)")
-    if args.task == "induction_heads" and args.num_tokens is not None:
+    if args.task != "selective_copying" and args.num_tokens is not None:
         p.error("argument --num-tokens: only selective_copying has tokens to copy")
+    if args.task != "mqar" and args.num_kv_pairs is not None:
+        p.error("argument --num-kv-pairs: only mqar has key-value pairs")
+    if args.task != "mqar" and args.random_non_queries is not None:
+        p.error("argument --random-non-queries: only mqar has queries")
+    if (args.task in LABELLING_TASKS) != (args.model == "bimamba"):
+        p.error(f"argument --model: {args.task} is a token-labelling task, trained with --model bimamba "
+                f"(with --no-bidirectional for the causal twin)" if args.task in LABELLING_TASKS else
+                f"argument --model: bimamba labels tokens (--task {' or '.join(LABELLING_TASKS)}); "
+                f"{args.task} needs a language model")
+    if args.model != "bimamba" and args.bidirectional is not True:
+        p.error("argument --no-bidirectional: only --model bimamba has directions")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("argument --device: cuda was asked for, but torch sees no CUDA GPU")
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in TASK_DEFAULTS[args.task].items()}
     if args.warmup >= args.steps:
         p.error(f"argument --warmup: must be smaller than --steps ({args.steps}), got {args.warmup}")
     for flag, name in (("--dt-min", "dt_min"), ("--dt-max", "dt_max")):
-        if args.model != "mamba" and getattr(args, name) != p.get_default(name):
-            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range; {args.model!r} ignores it")
+        if args.model not in ("mamba", "hybrid", "bimamba") and getattr(args, name) != p.get_default(name):
+            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range (hybrid and bimamba too); "
+                    f"{args.model!r} ignores it")
     if args.dt_min > args.dt_max:
         p.error(f"argument --dt-min: must be at most --dt-max ({args.dt_max}), got {args.dt_min}")
-    if args.model == "transformer" and args.d_model % args.n_heads:
+    for flag, name in (("--attn-layer-period", "attn_layer_period"), ("--attn-layer-offset", "attn_layer_offset")):
+        if args.model != "hybrid" and getattr(args, name) != p.get_default(name):
+            p.error(f"argument {flag}: only --model hybrid has a layer pattern")
+    if args.model == "hybrid" and args.attn_layer_offset >= args.attn_layer_period:
+        p.error(f"argument --attn-layer-offset: must be smaller than --attn-layer-period ({args.attn_layer_period}), "
+                f"got {args.attn_layer_offset}")
+    if args.model in ("transformer", "hybrid") and args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model ({args.d_model}), got {args.n_heads}")
     _check_out(Path(args.out), args.overwrite, p)
     try:
         task = make_task(args.task, **sizes)
-        task(0, 1)                                  # let the generator check the sizes now
+        task(0, min(args.batch_size, args.eval_examples))   # let the generator check the sizes now
     except ValueError as err:
         p.error(f"task sizes: {err}")
     torch.manual_seed(args.seed)
@@ -380,22 +584,35 @@ def _run(args, argv):
     model = build_model(args.model, sizes["vocab_size"], d_model=args.d_model, n_layers=args.n_layers,
                         d_state=args.d_state, n_heads=args.n_heads, max_len=length,
                         pos_encoding=args.pos_encoding, mixer=args.mixer, gated=args.gated,
-                        dt_min=args.dt_min, dt_max=args.dt_max)
+                        dt_min=args.dt_min, dt_max=args.dt_max, num_labels=LABELLING_TASKS.get(args.task, 2),
+                        bidirectional=args.bidirectional, attn_layer_period=args.attn_layer_period,
+                        attn_layer_offset=args.attn_layer_offset)
     if args.init_from is not None:
         _load_weights_into(model, args.init_from, p)
+    rank, world = process_group()
+    if args.batch_size % world:
+        p.error(f"argument --batch-size: the global batch ({args.batch_size}) must be divisible by the number "
+                f"of processes ({world})")
+    if args.device == "cuda":
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
     start = time.perf_counter()
     log = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                 weight_decay=args.weight_decay, clip=args.clip, eval_every=args.eval_every,
                 eval_examples=args.eval_examples, seed=args.seed, progress=not args.no_progress)
     log["seconds"] = round(time.perf_counter() - start, 1)
+    if rank != 0:
+        return log                                  # process 0 saves and evaluates
+    model.cpu()
     log["task"] = {"name": args.task, **sizes}
     log["args"] = vars(args)
+    log["processes"] = world
     log["parameters"] = sum(p.numel() for p in model.parameters())
     out = Path(args.out)
     (out / "extrapolation.json").unlink(missing_ok=True)   # --overwrite: it measured the previous model
     save_model(model, out)
     (out / "train_log.json").write_text(json.dumps(log) + "\n")
-    (out / "COMMAND.txt").write_text("python -m ssm_tutor.train " + shlex.join(argv) + "\n")
+    launcher = "python" if world == 1 else f"torchrun --nproc_per_node {world}"
+    (out / "COMMAND.txt").write_text(f"{launcher} -m ssm_tutor.train " + shlex.join(argv) + "\n")
     evaluation = evaluate_checkpoint(out)
     (out / "eval.json").write_text(json.dumps(evaluation) + "\n")
     print(_final_report(args, sizes, log, evaluation))
@@ -435,6 +652,10 @@ def _final_report(args, sizes: dict, log: dict, evaluation: dict) -> str:
     if args.task == "selective_copying":
         standard = (f"eval.json: accuracy {evaluation['accuracy']:.3f} ({STANDARD_EVAL_EXAMPLES} seeded examples, "
                     f"seed {EVAL_SEED}, {STANDARD_EVAL_EXAMPLES * sizes['num_tokens']} copied tokens)")
+    elif args.task in ("mqar", "occurs_again"):
+        per = "per pair count" if args.task == "mqar" else "(every token scored)"
+        standard = ("eval.json: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items())
+                    + f" ({STANDARD_EVAL_EXAMPLES} seeded examples {per}, seed {EVAL_SEED})")
     else:
         standard = ("eval.json: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation.items())
                     + f" ({STANDARD_EVAL_EXAMPLES // 2} seeded examples per length, seed {EVAL_SEED})")

@@ -59,12 +59,8 @@ OTHER_PAGES = [f for f in toc_files() if not f.startswith("notebooks/")] + ["sea
 
 def test_toc_lists_the_chapters_in_order_and_they_exist():
     numbers = [int(Path(c).name[:2]) for c in CHAPTERS]
-    assert numbers == sorted(set(numbers)), f"chapters out of order or repeated: {numbers}"
-    assert numbers[:8] == list(range(1, 9)), f"the eight core chapters 01-08 must come first: {numbers}"
-    # Chapters 09 and 10 are being written while 11 is already in: until they land, those two
-    # (and only those) may be missing. Then this is numbers == list(range(1, len(numbers) + 1)).
-    gaps = sorted(set(range(1, numbers[-1] + 1)) - set(numbers))
-    assert set(gaps) <= {9, 10}, f"chapters missing from the sequence: {gaps}"
+    assert numbers == list(range(1, len(numbers) + 1)), f"chapters missing, repeated or out of order: {numbers}"
+    assert len(numbers) >= 8, CHAPTERS
     missing = [c for c in CHAPTERS if not (ROOT / f"{c}.ipynb").exists()]
     assert not missing, f"chapters in _toc.yml without a notebook: {missing}"
 
