@@ -363,7 +363,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--attn-layer-period", type=_positive_int, default=2,
                    help="(hybrid) one attention layer every this many layers")
     m.add_argument("--attn-layer-offset", type=_non_negative_int, default=1,
-                   help="(hybrid) the first attention layer; layer i is attention when (i - offset) % period == 0")
+                   help="(hybrid) the first attention layer; layer i is attention when (i - offset) %% period == 0")
     m.add_argument("--bidirectional", default=True, action=argparse.BooleanOptionalAction,
                    help="(bimamba) scan both directions; --no-bidirectional: the causal twin")
     o = p.add_argument_group("optimisation")
