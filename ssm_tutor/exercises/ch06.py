@@ -8,22 +8,18 @@
 06.3  the gradients of the gate and the skip, ∂z and ∂D, for y = (y_ssm + D u) · SiLU(z);
       expected values from PyTorch autograd.
 
-Each case's expected answer is an :class:`Expected`: the right outputs with their names, and what
-each typical mistake returns instead, so that a wrong answer that equals a known mistake gets
-that mistake's hint.
+Each case's expected answer is a :class:`ssm_tutor.exercises.feedback.Answer`: the right outputs
+with their names, and what each typical mistake returns instead, so that a wrong answer that
+equals a known mistake gets that mistake's hint.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 
-from ssm_tutor.check import mismatch
 from ssm_tutor.exercises import exercise
+from ssm_tutor.exercises.feedback import Answer, Mistake, compare_answer
 from ssm_tutor.scan import linear_scan
 from ssm_tutor.selective import selective_scan_ref
 
@@ -31,62 +27,6 @@ from ssm_tutor.selective import selective_scan_ref
 def _device() -> str:
     """Where a learner's Triton kernel runs: the GPU when there is one, else the interpreter's CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# ------------------------------------------------------------------ named outputs and hints
-@dataclass(frozen=True)
-class Expected:
-    """The right outputs of one case, named; and, for typical mistakes, what they return.
-
-    value:     a tensor, or a tuple of tensors (one per name)
-    names:     the outputs' names, as the exercise text calls them
-    mistakes:  (hint, value that mistake returns) pairs, tried in order on a wrong answer
-    diagnose:  optional function (right value, got) -> hint or None, for a mistake whose output
-               cannot be computed in advance
-    """
-
-    value: object
-    names: tuple
-    mistakes: tuple = ()
-    diagnose: Callable | None = None
-
-
-def _plain_numbers(message: str) -> str:
-    """'np.float64(0.25)' -> '0.25' in a mismatch message (a learner wants the number)."""
-    return re.sub(r"np\.float(?:16|32|64)\(([^()]*)\)", r"\1", message)
-
-
-def _named_mismatch(value, got, names, atol, rtol) -> str | None:
-    if len(names) == 1:
-        return mismatch(value, got, atol=atol, rtol=rtol, what=names[0]) if isinstance(got, torch.Tensor) \
-            else f"{names[0]}: expected a tensor, got {type(got).__name__}"
-    if not isinstance(got, (tuple, list)) or len(got) != len(names):
-        return f"expected a tuple ({', '.join(names)}), got {type(got).__name__}" + (
-            f" of {len(got)} items" if isinstance(got, (tuple, list)) else "")
-    for name, v, g in zip(names, value, got):
-        if not isinstance(g, torch.Tensor):
-            return f"{name}: expected a tensor, got {type(g).__name__}"
-        problem = mismatch(v, g, atol=atol, rtol=rtol, what=name)
-        if problem:
-            return problem
-    return None
-
-
-def compare_with_hints(expected: Expected, got, atol: float, rtol: float) -> str | None:
-    """None when ``got`` is right; else what differs (by output name) and, when ``got`` is what a
-    typical mistake returns, that mistake's hint."""
-    try:
-        problem = _named_mismatch(expected.value, got, expected.names, atol, rtol)
-        if problem is None:
-            return None
-        hint = next((hint for hint, wrong in expected.mistakes
-                     if _named_mismatch(wrong, got, expected.names, atol, rtol) is None), None)
-        if hint is None and expected.diagnose is not None:
-            hint = expected.diagnose(expected.value, got)
-    except Exception as err:  # a malformed answer must give a message, not crash the checker
-        return f"could not compare the answer: {type(err).__name__}: {err}"
-    problem = _plain_numbers(problem)
-    return f"{problem}. Hint: {hint}" if hint else problem
 
 
 # ------------------------------------------------------------------ 06.1 the reverse scan
@@ -137,7 +77,7 @@ def _block_boundary_hint(right, got) -> str | None:
 
 
 @exercise("06.1", "a reverse scan in Triton: G_t = g_t + a_{t+1} G_{t+1}", atol=1e-5, rtol=1e-5,
-          compare=compare_with_hints)
+          compare=compare_answer)
 def reverse_scan_cases():
     gen = torch.Generator().manual_seed(61)
     for rows, L in [(1, 1), (2, 7), (3, 16), (2, 37)]:
@@ -150,16 +90,16 @@ def reverse_scan_cases():
         loss = (g * h).sum() + (G_last * h[:, -1]).sum()
         (G,) = torch.autograd.grad(loss, b)
         f32 = lambda x: x.float()
-        expected = Expected(f32(G), ("G",), mistakes=(
-            ("the combine's order under reverse=True: the scan runs from the end, so the combine's "
-             "LEFT argument is the LATER element; (a_l, b_l) ∘ (a_r, b_r) = (a_l a_r, a_r b_l + b_r) "
-             "applies the later step first, which is what G needs",
-             f32(reverse_scan_swapped_combine(a, g, G_last))),
-            ("G_t takes a_{t+1}, the factor of the step AFTER t (h_{t+1} = a_{t+1} h_t + b_{t+1}), not a_t: "
-             "load a one position ahead, with 1.0 past the end",
-             f32(reverse_recurrence_loop(a, g, G_last, shift=0))),
-            ("G_last, the gradient reaching the last state from outside, starts the carry of the last block",
-             f32(reverse_recurrence_loop(a, g, torch.zeros_like(G_last)))),
+        expected = Answer(f32(G), ("G",), mistakes=(
+            Mistake("the combine's order under reverse=True: the scan runs from the end, so the combine's "
+                    "LEFT argument is the LATER element; (a_l, b_l) ∘ (a_r, b_r) = (a_l a_r, a_r b_l + b_r) "
+                    "applies the later step first, which is what G needs",
+                    f32(reverse_scan_swapped_combine(a, g, G_last))),
+            Mistake("G_t takes a_{t+1}, the factor of the step AFTER t (h_{t+1} = a_{t+1} h_t + b_{t+1}), "
+                    "not a_t: load a one position ahead, with 1.0 past the end",
+                    f32(reverse_recurrence_loop(a, g, G_last, shift=0))),
+            Mistake("G_last, the gradient reaching the last state from outside, starts the carry of the "
+                    "last block", f32(reverse_recurrence_loop(a, g, torch.zeros_like(G_last)))),
         ), diagnose=_block_boundary_hint)
         dev = _device()
         yield (f"rows={rows}, L={L}", (f32(a).to(dev), f32(g).to(dev), f32(G_last).to(dev)), {}, expected)
@@ -182,7 +122,7 @@ def _per_channel(X, group_of):
 
 
 @exercise("06.2", "the D skip, the SiLU gate and grouped B, C in the blocked kernel", atol=1e-5, rtol=1e-5,
-          compare=compare_with_hints)
+          compare=compare_answer)
 def gated_grouped_scan_cases():
     gen = torch.Generator().manual_seed(62)
     for b, d, l, n, g in [(1, 2, 5, 2, 1), (2, 4, 11, 4, 2), (1, 6, 9, 4, 2), (1, 4, 20, 2, 4)]:
@@ -190,19 +130,19 @@ def gated_grouped_scan_cases():
         ref = lambda **kw: selective_scan_ref(u, delta, A, kw.pop("B", B), kw.pop("C", C), **kw).float()
         y_bare = ref()                                              # Σ_n C h, no skip, no gate
         modulo = [c % g for c in range(d)]                          # the wrong group of each channel
-        expected = Expected(ref(D=D, z=z), ("y",), mistakes=(
-            ("the skip goes inside the gate: y = (C·h + D u) · SiLU(z), not C·h · SiLU(z) + D u",
-             ref(z=z) + (D[:, None] * u).float()),
-            ("SiLU(z) = z · σ(z): the gate multiplies by z times its sigmoid, not by σ(z) alone",
-             ((y_bare.double() + D[:, None] * u) * torch.sigmoid(z)).float()),
-            ("channel c reads the group c // (d / g): consecutive channels share a group "
-             "(c % g spreads them round-robin)",
-             ref(B=_per_channel(B, modulo), C=_per_channel(C, modulo), D=D, z=z) if g > 1 else None),
-            ("the skip D u is missing: add D[c] · u before the gate", ref(z=z)),
-            ("the gate is missing: multiply by SiLU(z) = z · σ(z) at the end", ref(D=D)),
-        ))
-        expected = Expected(expected.value, expected.names,
-                            tuple((h, w) for h, w in expected.mistakes if w is not None))
+        mistakes = [
+            Mistake("the skip goes inside the gate: y = (C·h + D u) · SiLU(z), not C·h · SiLU(z) + D u",
+                    ref(z=z) + (D[:, None] * u).float()),
+            Mistake("SiLU(z) = z · σ(z): the gate multiplies by z times its sigmoid, not by σ(z) alone",
+                    ((y_bare.double() + D[:, None] * u) * torch.sigmoid(z)).float()),
+            Mistake("the skip D u is missing: add D[c] · u before the gate", ref(z=z)),
+            Mistake("the gate is missing: multiply by SiLU(z) = z · σ(z) at the end", ref(D=D)),
+        ]
+        if g > 1:                                                   # with one group every channel reads it
+            mistakes.insert(2, Mistake("channel c reads the group c // (d / g): consecutive channels share "
+                                       "a group (c % g spreads them round-robin)",
+                                       ref(B=_per_channel(B, modulo), C=_per_channel(C, modulo), D=D, z=z)))
+        expected = Answer(ref(D=D, z=z), ("y",), mistakes=tuple(mistakes))
         dev = _device()
         args = tuple(x.float().to(dev) for x in (u, delta, A, B, C, D, z))
         yield (f"b={b}, d={d}, l={l}, n={n}, g={g}", args, {}, expected)
@@ -218,7 +158,7 @@ def _gate_grads(u, y_ssm, z, D, dy, *, silu_grad=None, skip_in_gate=True):
 
 
 @exercise("06.3", "the gradients of the gate and the skip, ∂z and ∂D", atol=1e-10, rtol=1e-8,
-          compare=compare_with_hints)
+          compare=compare_answer)
 def gate_gradient_cases():
     gen = torch.Generator().manual_seed(63)
     for b, d, l in [(1, 1, 1), (1, 2, 5), (2, 3, 7), (3, 4, 2)]:
@@ -229,18 +169,18 @@ def gate_gradient_cases():
         zg, Dg = z.clone().requires_grad_(True), D.clone().requires_grad_(True)
         y = (y_ssm + Dg[:, None] * u) * F.silu(zg)
         dz, dD = torch.autograd.grad(y, (zg, Dg), dy)
-        expected = Expected((dz, dD), ("dz", "dD"), mistakes=(
-            ("d SiLU(z)/dz is σ(z) + z σ(z)(1 − σ(z)) = σ(z)(1 + z(1 − σ(z))), not σ(z): "
-             "SiLU(z) = z σ(z) is a product, differentiate both factors",
-             _gate_grads(u, y_ssm, z, D, dy, silu_grad=torch.sigmoid)),
-            ("d SiLU(z)/dz is σ(z)(1 + z(1 − σ(z))); σ(z)(1 − σ(z)) is the derivative of σ alone",
-             _gate_grads(u, y_ssm, z, D, dy, silu_grad=lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x)))),
-            ("the gate multiplies the skip too: ∂z needs y_ssm + D u, the whole output before the gate",
-             _gate_grads(u, y_ssm, z, D, dy, skip_in_gate=False)),
-            ("D has one entry per channel, shared by every batch element and time step: sum ∂y · SiLU(z) · u "
-             "over both",
-             (dz, (dy * F.silu(z) * u).sum(2))),
-            ("∂D goes through the gate: ∂y/∂D = SiLU(z) u, so ∂D = Σ ∂y · SiLU(z) · u",
-             (dz, (dy * u).sum((0, 2)))),
+        expected = Answer((dz, dD), ("dz", "dD"), mistakes=(
+            Mistake("d SiLU(z)/dz is σ(z) + z σ(z)(1 − σ(z)) = σ(z)(1 + z(1 − σ(z))), not σ(z): "
+                    "SiLU(z) = z σ(z) is a product, differentiate both factors",
+                    _gate_grads(u, y_ssm, z, D, dy, silu_grad=torch.sigmoid)),
+            Mistake("d SiLU(z)/dz is σ(z)(1 + z(1 − σ(z))); σ(z)(1 − σ(z)) is the derivative of σ alone",
+                    _gate_grads(u, y_ssm, z, D, dy,
+                                silu_grad=lambda x: torch.sigmoid(x) * (1 - torch.sigmoid(x)))),
+            Mistake("the gate multiplies the skip too: ∂z needs y_ssm + D u, the whole output before the gate",
+                    _gate_grads(u, y_ssm, z, D, dy, skip_in_gate=False)),
+            Mistake("D has one entry per channel, shared by every batch element and time step: "
+                    "sum ∂y · SiLU(z) · u over both", (dz, (dy * F.silu(z) * u).sum(2))),
+            Mistake("∂D goes through the gate: ∂y/∂D = SiLU(z) u, so ∂D = Σ ∂y · SiLU(z) · u",
+                    (dz, (dy * u).sum((0, 2)))),
         ))
         yield (f"b={b}, d={d}, l={l}", (u, y_ssm, z, D, dy), {}, expected)

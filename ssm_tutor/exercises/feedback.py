@@ -54,6 +54,8 @@ class Answer:
     hint: said when the output is wrong in a way no listed mistake explains;
     view: applied to the learner's output before comparing (e.g. "the eigenvalues of your A");
         it may raise ``ValueError`` with a message for an output it cannot read.
+    diagnose: ``diagnose(value, got) -> hint or None``, tried after the listed mistakes, for a
+        mistake whose hint depends on the output (e.g. "positions t >= 16 are right": a block boundary).
     """
 
     value: Any
@@ -61,6 +63,7 @@ class Answer:
     mistakes: tuple[Mistake, ...] = field(default_factory=tuple)
     hint: str = ""
     view: Callable[[Any], Any] | None = None
+    diagnose: Callable[[Any, Any], str | None] | None = None
 
 
 def close(a, b, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
@@ -94,6 +97,13 @@ def _with_hint(problem: str, expected: Answer, got, atol, rtol, skip_values: boo
             continue
         if mistake.matches(got, expected.names, atol, rtol):
             return f"{problem}. Hint: {mistake.hint}"
+    if expected.diagnose is not None and not skip_values:
+        try:
+            hint = expected.diagnose(expected.value, got)
+        except Exception:  # a diagnosis that cannot read this output says nothing
+            hint = None
+        if hint:
+            return f"{problem}. Hint: {hint}"
     return f"{problem}. Hint: {expected.hint}" if expected.hint else problem
 
 
@@ -150,5 +160,6 @@ def _differs(expected, got, names, atol: float, rtol: float) -> str | None:
             return None
         return (f"{name}: expected {expected:.10g}, got {value:.10g} (off by {abs(value - expected):.3g}; "
                 f"tolerance atol={atol:g}, rtol={rtol:g})")
-    problem = mismatch(expected, got, atol=atol, rtol=rtol, what=name)
-    return problem
+    if isinstance(expected, torch.Tensor) and not isinstance(got, (torch.Tensor, np.ndarray, list)):
+        return f"{name}: expected a tensor of shape {tuple(expected.shape)}, got {_describe(got)}"
+    return mismatch(expected, got, atol=atol, rtol=rtol, what=name)
