@@ -60,9 +60,9 @@ from ssm_tutor.tasks import IGNORE, TaskBatch
 from ssm_tutor.validate import (non_negative_float_arg, non_negative_int_arg, positive_float_arg, positive_int_arg,
                                 positive_number)
 
-__all__ = ["lr_at", "masked_cross_entropy", "process_group", "sharded_loss", "shard", "make_task", "build_model", "train",
-           "save_model", "load_model", "evaluate_checkpoint", "extrapolation", "recall_curve", "main", "TASKS", "MODELS",
-           "EVAL_SEED", "EVAL_LENGTHS"]
+__all__ = ["lr_at", "masked_cross_entropy", "make_optimizer", "process_group", "sharded_loss", "shard", "make_task",
+           "build_model", "train", "save_model", "load_model", "evaluate_checkpoint", "extrapolation", "recall_curve",
+           "main", "TASKS", "MODELS", "EVAL_SEED", "EVAL_LENGTHS"]
 
 TASKS = ("selective_copying", "induction_heads", "mqar", "occurs_again")
 MODELS = ("mamba", "transformer", "ssm", "hybrid", "bimamba")
@@ -225,6 +225,20 @@ def load_model(directory) -> nn.Module:
 # ----------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.95) with weight decay on the weight matrices only.
+
+    Decayed: every parameter with 2 or more dimensions (embeddings, projections, convolution
+    kernels), except ``A_log``. Not decayed: vectors (norm weights, biases, D, the Δ bias) and
+    ``A_log``: decay would pull A towards -1 and Δ towards softplus(0), i.e. it would change the
+    SSM's memory, not just keep the weights small.
+    """
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batch: TaskBatch, batch_size: int = 64) -> tuple[float, float]:
     """(loss, accuracy) of ``model`` on ``batch``, in chunks of ``batch_size`` examples."""
@@ -255,10 +269,7 @@ def train(model: nn.Module, task, *, steps: int = 400, batch_size: int = 32, lr:
                          f"of processes ({world})")
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "A_log" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "A_log" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    opt = make_optimizer(model, lr, weight_decay)
     net = model
     if world > 1:     # averages the gradients over the processes during backward()
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
