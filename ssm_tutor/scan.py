@@ -289,12 +289,14 @@ COMPLEX_A_METHODS = LINEAR_SCAN_METHODS + ("reference",)
 def auto_method(device: torch.device | str, complex_A: bool = False) -> str:
     """The method ``selective_scan(method="auto")`` uses on ``device``.
 
-    CPU: "fused" (:mod:`ssm_tutor.fast.scan`). Measured on a 2-core AMD EPYC (torch 2.13,
-    float32, other jobs sharing the cores), every method at b=1, d=64, n=16, L=512 (notebook 05):
-    fused 24 ms, reference 54 ms, sequential 59 ms, hillis_steele 76 ms, chunked 99 ms, blelloch
-    257 ms; at Mamba's layer size (``benchmarks/bench_scan.py``) see that script's printout.
-    The textbook methods lose because they write (b, d, n, l) tensors to main memory and, for
-    Hillis-Steele and Blelloch, do 3-11x more work than the loop; two cores cannot hide it.
+    CPU: "fused" (:mod:`ssm_tutor.fast.scan`), the fastest method on a CPU. Notebook 05
+    ("Measured on this CPU") times every method at b=1, d=64, n=16, L=512 each time it runs and
+    asserts the ordering (fused more than 2x faster than any other; hillis_steele and blelloch
+    slower than sequential and the reference); ``benchmarks/bench_scan.py`` measures it at
+    Mamba's layer size against ``transformers``. The figures depend on the machine, so none is
+    quoted here. The textbook methods lose because they write (b, d, n, l) tensors to main
+    memory and, for Hillis-Steele and Blelloch, do 3-9x more work than the loop (L = 1024);
+    two cores cannot hide it.
 
     CUDA: "triton" (stage 6, one program per block of channels, state kept in SRAM) when
     ``ssm_tutor.kernels`` provides it, else "fused".
