@@ -291,12 +291,11 @@ def auto_method(device: torch.device | str, complex_A: bool = False) -> str:
 
     CPU: "fused" (:mod:`ssm_tutor.fast.scan`), the fastest method on a CPU. Notebook 05
     ("Measured on this CPU") times every method at b=1, d=64, n=16, L=512 each time it runs and
-    asserts the ordering (fused more than 2x faster than any other; hillis_steele and blelloch
-    slower than sequential and the reference); ``benchmarks/bench_scan.py`` measures it at
+    asserts fused's lead (more than 2x faster than any other method; the others' order varies
+    with the vector path, threads and load); ``benchmarks/bench_scan.py`` measures it at
     Mamba's layer size against ``transformers``. The figures depend on the machine, so none is
     quoted here. The textbook methods lose because they write (b, d, n, l) tensors to main
-    memory and, for Hillis-Steele and Blelloch, do 3-9x more work than the loop (L = 1024);
-    two cores cannot hide it.
+    memory and, for Hillis-Steele and Blelloch, do 3-9x more work than the loop (L = 1024).
 
     CUDA: "triton" (stage 6, one program per block of channels, state kept in SRAM) when
     ``ssm_tutor.kernels`` provides it, else "fused".
