@@ -181,42 +181,53 @@ def traffic(implementation: str, b: int, d: int, l: int, n: int, dtype="fp32", *
             t.add("bwd: dA, dD, dbias partials (b, ·) + sum", b * params, b * params + params, 3)
         return t
 
-    # The PyTorch versions share the element-wise prologue and epilogue.
+    # The PyTorch versions share the element-wise prologue and epilogue. Each pass below is one op
+    # of the code (stage 4's selective_scan_ref, stage 5's _selective_via_linear_scan); a pass with
+    # launches=l runs once per time step. E c bytes is a (b, d, l) float32 tensor, Ebig c a (b, d, l, n) one.
     cast = s != c
     in_l2 = step_tensors_in_l2(b, d, n, c, l2)
-    if cast:
+    if cast:    # u.to(float32), delta.to(...), B, C (and z) likewise: one copy each
         t.add("cast u, Δ, B, C" + (", z" if has_z else "") + " to float32",
               ((2 + has_z) * E + 2 * Ebc) * s, ((2 + has_z) * E + 2 * Ebc) * c, 4 + has_z)
-    if has_bias:
+    if has_bias:    # step_size: delta + delta_bias[:, None]
         t.add("Δ + delta_bias", E * c + d * c, E * c)
-    if softplus:
+    if softplus:    # step_size: F.softplus(delta)
         t.add("softplus(Δ)", E * c, E * c)
-    if groups > 1 and implementation == "reference":
-        t.add("repeat B, C per channel (b, d, n, l)", 2 * Ebc * c, 2 * Ebig * c, 2)
-    bc_read = Ebig if groups > 1 and implementation == "reference" else Ebc   # else broadcast views
+    else:           # step_size refuses a negative Δ: (delta < 0).any(), one flag back to the host
+        t.add("check Δ ≥ 0: delta < 0 (a bool per element)", E * c, E)
+        t.add("check Δ ≥ 0: any(...)", E, 1)
+    if groups > 1 and implementation != "sequential":   # per_channel: repeat_interleave B and C per channel
+        t.add("repeat B, C per channel (b, d, l, n)", 2 * Ebc * c, 2 * Ebig * c, 2)
+    bc_read = Ebig if groups > 1 and implementation != "sequential" else Ebc   # else broadcast views
 
     if implementation in ("reference", "parallel"):
+        # Ā = exp(Δ A): the product is broadcast to a (b, d, l, n) tensor, then exponentiated
         t.add("Δ ⊗ A: a (b, d, l, n) tensor", E * c + d * n * c, Ebig * c)
         t.add("Ā = exp(Δ A)", Ebig * c, Ebig * c)
+        # B̄u = (Δ u) ⊗ B: Δ u, then broadcast against B (a view of B, or its per-channel copy)
         t.add("Δ u", 2 * E * c, E * c)
         t.add("B̄u = (Δ u) ⊗ B", E * c + bc_read * c, Ebig * c)
     if implementation == "reference":
+        # selective_scan_loop: h = 0, then four small ops per step on (b, d, n) step tensors. While
+        # they fit in L2 (in_l2) only Ā_t, B̄u_t and C_t come from HBM and only y_t goes back.
+        step = 0 if in_l2 else Ebig * c        # the step tensors' bytes over all l steps
+        where = "in L2" if in_l2 else "in HBM"
         t.add("h = 0 (b, d, n)", 0, b * d * n * c)
-        if in_l2:   # h_{t-1} and Ā_t h stay in L2; the h_t are kept for the stack, so they reach HBM
-            t.add(f"loop: h = Ā_t h + B̄u_t (h, Ā_t h in L2)", 2 * Ebig * c, Ebig * c, 2 * l)
-        else:
-            t.add(f"loop: h = Ā_t h + B̄u_t (h, Ā_t h in HBM)", 4 * Ebig * c, 2 * Ebig * c, 2 * l)
-        t.add("stack the h_t", Ebig * c, Ebig * c)
+        t.add(f"loop: Ā_t h (h {where})", Ebig * c + step, step, l)
+        t.add(f"loop: h = Ā_t h + B̄u_t (h {where})", step + Ebig * c, step, l)
+        t.add(f"loop: h · C_t (h {where})", step + bc_read * c, step, l)
+        t.add(f"loop: y_t = Σ_n h · C_t (h {where})", step, E * c, l)
+        t.add("stack the y_t", E * c, E * c)
     elif implementation == "parallel":
         rounds, read, written, offset = 0, 0, 0, 1
-        while offset < l:   # combine the two shifted halves (3 ops), concatenate a and b (2 ops)
+        while offset < l:   # combine the two shifted parts (a1 a2, a2 b1, + b2: 3 ops), concatenate a and b (2 ops)
             part = Ebig * (l - offset) // l
             read += 6 * part + 2 * Ebig
             written += 3 * part + 2 * Ebig
             rounds, offset = rounds + 1, 2 * offset
         if rounds:
             t.add(f"Hillis–Steele: {rounds} rounds of combine + concatenate", read * c, written * c, 5 * rounds)
-    if implementation in ("reference", "parallel"):
+        # y = (C_t * h).sum(n): a (b, d, n, l) product, then the sum over n
         t.add("h · C", Ebig * c + bc_read * c, Ebig * c)
         t.add("y = Σ_n h · C", Ebig * c, E * c)
     else:  # sequential: six small ops per step, only the y_t are kept
@@ -230,11 +241,11 @@ def traffic(implementation: str, b: int, d: int, l: int, n: int, dtype="fp32", *
             t.add("loop: y_t = C_t · h_t", Ebig * c + bc_read * c, E * c, l)
         t.add("stack the y_t", E * c, E * c)
     if has_D:
-        if implementation == "reference":       # y + u * D: two ops
-            t.add("u D, y + u D", 3 * E * c + d * c, 2 * E * c, 2)
-        else:                                   # one addcmul
+        if implementation == "sequential":     # one addcmul
             t.add("y + D u (addcmul)", 2 * E * c + d * c, E * c)
-    if has_z:
+        else:                                   # y + D[:, None] * u: two ops
+            t.add("u D, y + u D", 3 * E * c + d * c, 2 * E * c, 2)
+    if has_z:   # y * F.silu(z)
         t.add("SiLU(z), y · SiLU(z)", 3 * E * c, 2 * E * c, 2)
     if cast:
         t.add("cast y to the input dtype", E * c, E * s)

@@ -17,6 +17,7 @@ raises an error that names the argument, says what was expected and what came:
   (float64 for all or none), :func:`check_shape`;
 * the selective scan: :func:`validate_scan_args` (the official ``selective_scan_fn`` layout) and
   :func:`check_step_sizes` (a negative Δ without softplus makes the state grow without bound);
+  the linear scan h_t = a_t h_{t-1} + b_t: :func:`validate_linear_scan_args`;
 * the SSD scan (stage 11): :func:`validate_ssd_args` (``mamba_chunk_scan_combined``'s layout) and
   :func:`check_step_limit` (a (low, high) range for Δ).
 
@@ -36,7 +37,7 @@ __all__ = ["positive_int", "non_negative_int", "check_positive", "check_choice",
            "validate_scan_args", "check_step_sizes", "ScanSizes", "finite_number", "positive_number",
            "positive_int_arg", "non_negative_int_arg", "positive_float_arg", "non_negative_float_arg",
            "check_required", "check_same_device", "check_one_precision", "check_shape", "validate_ssd_args",
-           "SSDSizes", "check_step_limit"]
+           "SSDSizes", "check_step_limit", "validate_linear_scan_args"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,6 +356,27 @@ def validate_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, *, ch
             require_finite(name, t)
     groups = -1 if -1 in layouts.values() else layouts["B"]
     return ScanSizes(b, d, l, n, groups)
+
+
+def validate_linear_scan_args(a, b, h0=None) -> None:
+    """The linear scan's arguments: a and b tensors of one shape (…, L) with L ≥ 1, one dtype
+    (floating point or complex) and one device; h0, if given, of shape (…) (a's without the time
+    axis) on that device."""
+    check_tensor("a", a, kind="real or complex")
+    check_tensor("b", b, kind="real or complex")
+    if a.shape != b.shape:
+        raise ValueError(f"a must have the shape of b, {tuple(b.shape)}, got shape {tuple(a.shape)}")
+    if a.dim() == 0 or a.shape[-1] == 0:
+        raise ValueError(f"a and b need a non-empty last (time) axis, got shape {tuple(a.shape)}")
+    if a.device != b.device:
+        raise ValueError(f"a is on device {a.device} but b is on {b.device}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"a has dtype {a.dtype} but b has {b.dtype}; give both the same dtype")
+    if h0 is not None:
+        check_tensor("h0", h0, kind="real or complex", device=a.device)
+        if h0.shape != a.shape[:-1]:
+            raise ValueError(f"h0 must have shape {tuple(a.shape[:-1])} (a's shape without the time axis), "
+                             f"got shape {tuple(h0.shape)}")
 
 
 def check_step_sizes(delta: torch.Tensor) -> None:

@@ -168,31 +168,6 @@ MISTAKES = {   # grade id of the solution cell: (text of the right answer, a typ
 def test_ssm_tutor_check_fails_each_typical_mistake_in_the_notebook(tmp_path):
     """The setup cell and the exercise cells of notebooks/06_triton_kernel.ipynb, each solution with
     one typical mistake: `ssm-tutor check` must report FAIL, with the mistake's hint, for every one."""
-    import pathlib
-    import subprocess
-    import sys
+    from notebook_mistakes import assert_check_fails_each_mistake
 
-    import nbformat
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    nb = nbformat.read(root / "notebooks" / "06_triton_kernel.ipynb", as_version=4)
-    setup = next(c for c in nb.cells if c.cell_type == "code")
-    keep, first = [setup], nb.cells.index(setup)
-    for i, cell in enumerate(nb.cells):
-        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
-        if grade_id in MISTAKES:
-            right, wrong, _ = MISTAKES[grade_id]
-            assert right in cell.source, f"{grade_id}: the notebook's solution changed; update MISTAKES"
-            mistaken = nbformat.from_dict(dict(cell, source=cell.source.replace(right, wrong)))
-            keep += [nb.cells[i - 2], nb.cells[i - 1], mistaken, nb.cells[i + 1], nb.cells[i + 2]]
-    assert len(keep) == 1 + 5 * len(MISTAKES) and first == 1
-    nb.cells = keep
-    path = tmp_path / "06_mistakes.ipynb"
-    nbformat.write(nb, path)
-    done = subprocess.run([sys.executable, "-m", "ssm_tutor.cli", "check", str(path)], capture_output=True,
-                          text=True, timeout=600, cwd=root)
-    assert done.returncode == 1, done.stdout + done.stderr
-    for ex_id, (_, _, hint) in zip(("06.1", "06.2", "06.3"), MISTAKES.values()):
-        line = next((l for l in done.stdout.splitlines() if f"Exercise {ex_id} [FAIL]" in l), None)
-        assert line is not None and hint in line, done.stdout
-    assert "0 passed, 3 failed, 0 not attempted, 0 other errors" in done.stdout, done.stdout
+    assert_check_fails_each_mistake(tmp_path, "06_triton_kernel.ipynb", MISTAKES)

@@ -5,15 +5,19 @@ reference; the cost model counts what the code does."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssm_tutor.scan import (LINEAR_SCAN_METHODS, ScanCost, auto_method, combine, linear_scan, scan_cost,
-                            selective_scan)
+from ssm_tutor.scan import (LINEAR_SCAN_METHODS, ScanCost, auto_method, blelloch_down_sweep, blelloch_up_sweep,
+                            chunked_scan, combine, hillis_steele_scan, linear_scan, scan_cost, selective_scan,
+                            sequential_scan)
 from ssm_tutor.selective import selective_scan_ref
+
+from scan_cases import OPTIONS, assert_scans_agree, call_scan, complex_inputs, scan_inputs
 
 SELECTIVE_METHODS = ("auto", "fused") + LINEAR_SCAN_METHODS
 LENGTHS = [1, 2, 3, 7, 16, 33, 100]
@@ -109,6 +113,53 @@ def test_linear_scan_gradients_equal_sequential(method, L):
     torch.testing.assert_close(grads, expected)
 
 
+@pytest.mark.parametrize("N", [1, 2, 8, 32])
+def test_blelloch_up_sweep_levels_hold_block_products(N):
+    """Level k of the tree holds, for every block of 2^k consecutive steps, their composition:
+    the product of the block's a, and the state the block produces from h = 0."""
+    a = torch.rand(3, N, dtype=torch.float64) * 1.8 - 0.9
+    b = torch.randn(3, N, dtype=torch.float64)
+    tree = blelloch_up_sweep(a, b)
+    assert len(tree) == int(math.log2(N)) + 1 and tree[-1][0].shape == (3, 1)
+    for k, (a_k, b_k) in enumerate(tree):
+        blocks_a, blocks_b = a.unflatten(-1, (N >> k, 1 << k)), b.unflatten(-1, (N >> k, 1 << k))
+        torch.testing.assert_close(a_k, blocks_a.prod(-1))
+        torch.testing.assert_close(b_k, loop_scan(blocks_a, blocks_b)[..., -1])
+
+
+@pytest.mark.parametrize("N", [1, 2, 8, 32])
+def test_blelloch_down_sweep_gives_the_exclusive_prefixes(N):
+    """P_t = step_0 ∘ … ∘ step_{t-1}: the identity at t = 0, then (prod of a before t, h_{t-1})."""
+    a = torch.rand(2, N, dtype=torch.float64) * 1.8 - 0.9
+    b = torch.randn(2, N, dtype=torch.float64)
+    a_P, b_P = blelloch_down_sweep(blelloch_up_sweep(a, b))
+    ones, zeros = torch.ones(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    torch.testing.assert_close(a_P, torch.cat([ones, torch.cumprod(a, -1)[:, :-1]], -1))
+    torch.testing.assert_close(b_P, torch.cat([zeros, loop_scan(a, b)[:, :-1]], -1))
+
+
+def test_each_scan_function_is_linear_scan_of_its_method():
+    a, b = torch.rand(2, 21, dtype=torch.float64), torch.randn(2, 21, dtype=torch.float64)
+    expected = loop_scan(a, b)
+    for fn in (sequential_scan, hillis_steele_scan, chunked_scan):
+        torch.testing.assert_close(fn(a, b), expected)
+    torch.testing.assert_close(chunked_scan(a, b, 4), expected)
+
+
+@pytest.mark.parametrize("method", LINEAR_SCAN_METHODS)
+def test_linear_scan_complex(method):
+    """Complex decays (S4D-Lin's conjugate-pair modes) scan like real ones."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.polar(torch.rand(2, 19, generator=g, dtype=torch.float64), torch.randn(2, 19, generator=g, dtype=torch.float64))
+    b = torch.randn(2, 19, generator=g, dtype=torch.complex128)
+    h0 = torch.randn(2, generator=g, dtype=torch.complex128)
+    expected, h = [], h0
+    for t in range(19):
+        h = a[:, t] * h + b[:, t]
+        expected.append(h)
+    torch.testing.assert_close(linear_scan(a, b, method, h0=h0), torch.stack(expected, -1))
+
+
 def test_linear_scan_errors_name_the_argument():
     a = torch.rand(2, 5)
     with pytest.raises(ValueError, match=r"a must have the shape of b"):
@@ -168,82 +219,16 @@ def test_scan_cost_accumulates():
 # selective_scan against the reference
 # ---------------------------------------------------------------------------------------------
 
-def scan_inputs(b=2, d=4, l=19, n=3, groups=0, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    bc_shape = (b, groups, n, l) if groups else (b, n, l)
-    return dict(
-        u=torch.randn(b, d, l, generator=g, dtype=dtype),
-        delta=torch.randn(b, d, l, generator=g, dtype=dtype) * 0.5,
-        A=-torch.rand(d, n, generator=g, dtype=dtype) * 2 - 0.1,
-        B=torch.randn(*bc_shape, generator=g, dtype=dtype),
-        C=torch.randn(*bc_shape, generator=g, dtype=dtype),
-        D=torch.randn(d, generator=g, dtype=dtype),
-        z=torch.randn(b, d, l, generator=g, dtype=dtype),
-        delta_bias=torch.randn(d, generator=g, dtype=dtype) * 0.3,
-    )
-
-
-OPTIONS = {
-    "plain": dict(keep=(), softplus=False, last=False, groups=0),
-    "D+z": dict(keep=("D", "z"), softplus=False, last=True, groups=0),
-    "bias+softplus": dict(keep=("delta_bias",), softplus=True, last=True, groups=0),
-    "all, grouped B/C": dict(keep=("D", "z", "delta_bias"), softplus=True, last=True, groups=2),
-}
-
-
-def _call(fn, x, opt, **extra):
-    kw = {k: x[k] for k in opt["keep"]}
-    delta = x["delta"] if opt["softplus"] else x["delta"].abs()     # without softplus Δ must be ≥ 0
-    return fn(x["u"], delta, x["A"], x["B"], x["C"], delta_softplus=opt["softplus"],
-              return_last_state=opt["last"], **kw, **extra)
-
-
 @pytest.mark.parametrize("method", SELECTIVE_METHODS)
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_selective_scan_equals_reference(method, option, dtype):
     opt = OPTIONS[option]
     x = scan_inputs(groups=opt["groups"], dtype=dtype)
-    expected = _call(selective_scan_ref, x, opt)
-    got = _call(selective_scan, x, opt, method=method)
+    expected = call_scan(selective_scan_ref, x, opt)
+    got = call_scan(selective_scan, x, opt, method=method)
     tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-11, rtol=1e-11)
     torch.testing.assert_close(got, expected, **tol)
-
-
-@pytest.mark.parametrize("chunk_size", [1, 4, 7, 19, 100])
-def test_fused_scan_any_chunk_size(chunk_size):
-    opt = OPTIONS["all, grouped B/C"]
-    x = scan_inputs(groups=2)
-    torch.testing.assert_close(_call(selective_scan, x, opt, method="fused", chunk_size=chunk_size),
-                               _call(selective_scan_ref, x, opt), atol=1e-11, rtol=1e-11)
-
-
-def _time_major(t: torch.Tensor) -> torch.Tensor:
-    """The same values as t (b, d, l), stored time-major: a (b, d, l) view of a (b, l, d) tensor."""
-    return t.transpose(1, 2).contiguous().transpose(1, 2)
-
-
-@pytest.mark.parametrize("option", ["D+z", "all, grouped B/C"])
-@pytest.mark.parametrize("chunk_size", [4, 64])
-@pytest.mark.parametrize("b", [1, 2])
-def test_fused_scan_time_major_inputs(option, chunk_size, b):
-    """MambaMixer hands the scan (b, d, l) views of time-major memory; the fused scan then writes
-    y in place chunk by chunk (batch 1). Values, layout and gradients must not depend on the layout."""
-    opt = dict(OPTIONS[option], last=True)
-    x = scan_inputs(b=b, groups=opt["groups"], l=23)
-    tm = {k: _time_major(v) if k in ("u", "delta", "z") else v for k, v in x.items()}
-    assert not tm["u"].is_contiguous() and tm["u"].transpose(1, 2).is_contiguous()
-    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-    tm_leaves = {k: (_time_major(v) if k in ("u", "delta", "z") else v.clone()).requires_grad_() for k, v in x.items()}
-    y, h = _call(selective_scan, tm_leaves, opt, method="fused", chunk_size=chunk_size)
-    y_ref, h_ref = _call(selective_scan_ref, leaves, opt)
-    torch.testing.assert_close((y, h), (y_ref, h_ref), atol=1e-11, rtol=1e-11)
-    assert y.transpose(1, 2).is_contiguous()                      # the output keeps the input's layout
-    names = ["u", "delta", "A", "B", "C"] + list(opt["keep"])
-    grads = torch.autograd.grad(_loss((y, h)), [tm_leaves[k] for k in names])
-    expected = torch.autograd.grad(_loss((y_ref, h_ref)), [leaves[k] for k in names])
-    for name, g, e in zip(names, grads, expected):
-        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10, msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
 def test_default_method_matches_transformers():
@@ -255,34 +240,13 @@ def test_default_method_matches_transformers():
     torch.testing.assert_close(selective_scan(*args, **kw), mamba_selective_scan(*args, **kw), atol=1e-5, rtol=1e-5)
 
 
-def _loss(out):
-    y, h = out
-    return (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)).sum() + (h ** 2).sum()
-
-
 @pytest.mark.parametrize("method", SELECTIVE_METHODS)
 @pytest.mark.parametrize("option", ["D+z", "all, grouped B/C"])
 def test_selective_scan_gradients_equal_reference(method, option):
     opt = dict(OPTIONS[option], last=True)
-    x = scan_inputs(groups=opt["groups"], l=13)
-    names = ["u", "delta", "A", "B", "C"] + list(opt["keep"])
-    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-    ref_leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
     extra = dict(chunk_size=5) if method == "fused" else {}
-    grads = torch.autograd.grad(_loss(_call(selective_scan, leaves, opt, method=method, **extra)),
-                                [leaves[k] for k in names])
-    expected = torch.autograd.grad(_loss(_call(selective_scan_ref, ref_leaves, opt)), [ref_leaves[k] for k in names])
-    for name, g, e in zip(names, grads, expected):
-        torch.testing.assert_close(g, e, atol=1e-10, rtol=1e-10, msg=lambda m, name=name: f"grad of {name}: {m}")
-
-
-def test_fused_scan_passes_gradcheck():
-    x = scan_inputs(b=1, d=2, l=7, n=2)
-    args = [x[k].clone().requires_grad_() for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    assert torch.autograd.gradcheck(
-        lambda u, dl, A, B, C, D, z, db: selective_scan(u, dl, A, B, C, D, z, db, delta_softplus=True,
-                                                        return_last_state=True, method="fused", chunk_size=3),
-        args)
+    assert_scans_agree(partial(selective_scan, method=method, **extra), selective_scan_ref,
+                       scan_inputs(groups=opt["groups"], l=13), opt, ["u", "delta", "A", "B", "C"] + list(opt["keep"]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +366,7 @@ def test_nan_input_raises_naming_it(name, method):
 # what mamba_ssm's selective_scan_fn takes beyond the real, time-varying layout
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", SELECTIVE_METHODS + ("reference",))
+@pytest.mark.parametrize("method", SELECTIVE_METHODS + ("reference", "triton"))
 @pytest.mark.parametrize("which", ["B", "C", "both"])
 def test_time_invariant_B_C_equal_the_same_values_repeated_in_time(method, which):
     """B, C of shape (d, n) mean the same B, C at every step: the scan equals the one given
@@ -423,28 +387,42 @@ def test_time_invariant_B_C_equal_the_same_values_repeated_in_time(method, which
     torch.testing.assert_close(got, expected, atol=1e-11, rtol=1e-11)
 
 
-def _complex_inputs(b=2, d=3, l=9, n=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    A = torch.complex(-torch.rand(d, n, generator=g, dtype=torch.float64) - 0.1,
-                      torch.randn(d, n, generator=g, dtype=torch.float64) * 3)            # (d, n) complex
-    return dict(u=torch.randn(b, d, l, generator=g, dtype=torch.float64),
-                delta=torch.rand(b, d, l, generator=g, dtype=torch.float64) * 0.5, A=A,
-                B=torch.randn(b, n, l, generator=g, dtype=torch.complex128),
-                C=torch.randn(b, n, 2 * l, generator=g, dtype=torch.float64))           # (re, im) interleaved
-
-
 @pytest.mark.parametrize("method", ("auto", "reference") + LINEAR_SCAN_METHODS)
 def test_complex_A_every_method_that_takes_it_equals_the_reference(method):
-    x = _complex_inputs()
+    x = complex_inputs()
     expected = selective_scan_ref(**x, return_last_state=True)
     got = selective_scan(**x, return_last_state=True, method=method)
     assert got[1].is_complex()
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
 
 
-def test_complex_A_in_the_fused_scan_is_refused_naming_the_methods_that_take_it():
-    with pytest.raises(TypeError, match=r"A must be real for this scan implementation.*method='reference'"):
-        selective_scan(**_complex_inputs(), method="fused")
+@pytest.mark.parametrize("method", ["fused", "triton"])
+def test_complex_A_where_a_method_cannot_take_it_the_error_names_those_that_can(method):
+    with pytest.raises(TypeError, match=rf"selective_scan\(method='{method}'\) takes a real A only.*"
+                                        r"'sequential', 'hillis_steele', 'blelloch', 'chunked', 'reference'"):
+        selective_scan(**complex_inputs(), method=method)
+
+
+@pytest.mark.parametrize("method", ("reference",) + LINEAR_SCAN_METHODS)
+@pytest.mark.parametrize("layout", ["complex (b, n, l)", "interleaved (b, n, 2l)", "grouped interleaved",
+                                    "time-invariant (d, n)"])
+def test_complex_A_every_layout_of_B_C_equals_the_reference(method, layout):
+    """Complex A with each B/C layout mamba_ssm takes, with every option on, values and gradients."""
+    x = complex_inputs(b=2, d=4, l=7, n=3, seed=1)
+    g = torch.Generator().manual_seed(2)
+    if layout == "complex (b, n, l)":
+        x["C"] = torch.randn(2, 3, 7, generator=g, dtype=torch.complex128)
+    elif layout == "interleaved (b, n, 2l)":
+        x["B"] = torch.randn(2, 3, 14, generator=g, dtype=torch.float64)
+    elif layout == "grouped interleaved":
+        x["B"], x["C"] = (torch.randn(2, 2, 3, 14, generator=g, dtype=torch.float64) for _ in "BC")
+    else:
+        x["B"], x["C"] = (torch.randn(4, 3, generator=g, dtype=torch.complex128) for _ in "BC")
+    x.update(D=torch.randn(4, dtype=torch.float64, generator=g), z=torch.randn(2, 4, 7, dtype=torch.float64, generator=g),
+             delta_bias=torch.randn(4, dtype=torch.float64, generator=g))
+    opt = dict(keep=("D", "z", "delta_bias"), softplus=True, last=True)
+    y, h = assert_scans_agree(partial(selective_scan, method=method), selective_scan_ref, x, opt, list(x), atol=1e-12)
+    assert h.is_complex() and not y.is_complex()
 
 
 @pytest.mark.parametrize("method", SELECTIVE_METHODS + ("reference",))
