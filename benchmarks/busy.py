@@ -17,11 +17,11 @@ import sys
 import time
 
 _LOOP = """
-import sys, torch
+import sys, time, torch
 torch.set_num_threads(int(sys.argv[1]))
 a = torch.randn(1024, 1024)
 a @ a
-print("ready", flush=True)
+print("ready", time.process_time(), flush=True)
 while True:
     a @ a
 """
@@ -37,8 +37,10 @@ def competitor(threads: int | None = None):
                             stderr=subprocess.DEVNULL, text=True)
     usage, start = {}, None
     try:
-        if proc.stdout.readline().strip() != "ready":
+        ready = proc.stdout.readline().split()
+        if not ready or ready[0] != "ready":
             raise RuntimeError("the competing process did not start")
+        startup_cpu = float(ready[1])            # CPU time of its imports, not part of the load
         start = time.perf_counter()
         yield lambda: _describe(threads, usage)
     finally:
@@ -47,12 +49,16 @@ def competitor(threads: int | None = None):
             proc.send_signal(signal.SIGTERM)
             _, _, rusage = os.wait4(proc.pid, 0)
             proc.returncode = -signal.SIGTERM    # reaped here; keeps Popen from waiting again
+        else:
+            usage["exited"] = proc.returncode    # it died during the measurement: the load was not there
         proc.stdout.close()
         if start is not None and rusage is not None:
-            usage.update(cpu=rusage.ru_utime + rusage.ru_stime, wall=time.perf_counter() - start)
+            usage.update(cpu=rusage.ru_utime + rusage.ru_stime - startup_cpu, wall=time.perf_counter() - start)
 
 
 def _describe(threads: int, usage: dict) -> str:
+    if "exited" in usage:
+        return f"competing process EXITED early (code {usage['exited']}): the measurement was not under load"
     if not usage:
         return "competing process still running"
     return (f"competing process: matrix products on {threads} threads, {usage['cpu']:.1f} CPU-seconds in "
