@@ -17,8 +17,9 @@ What it does differently, none of it new mathematics:
 * **time-major**: every tensor is indexed (time, batch, channel[, state]), so a time step is one
   contiguous slice; (b, d, l) inputs that are views of time-major memory (the fast mixer's) are
   read and written in place;
-* **threads** (:mod:`ssm_tutor.fast.threads`): how many cores the scan uses, chosen for the
-  machine as it is now, not as it was when the code was tuned.
+* **threads** (:mod:`ssm_tutor.fast.threads`): one intra-op thread (no OpenMP barrier per
+  operation, which stalls for a time slice whenever another program holds a core) plus a helper
+  thread that prepares the next chunks; on a busy machine it degrades to one thread's speed.
 """
 
 from __future__ import annotations
