@@ -12,12 +12,17 @@ imports' own peaks are forgotten), makes one call and reads the peak resident se
 at its worst. This sees every allocation torch makes (tracemalloc would not), but it is a
 whole-process figure: allocator caching and page granularity blur it by a few MiB.
 
-Run:  python benchmarks/bench_scan.py [--repeats 5] [--threads N] [--length 2048]
+``--busy``: a second PyTorch process multiplies matrices on its own threads (as many as torch
+uses here, or ``--busy-threads``) for the whole measurement, as a learner's second notebook kernel
+would (``benchmarks/busy.py``); the printout says how much CPU it took.
+
+Run:  python benchmarks/bench_scan.py [--repeats 5] [--threads N] [--length 2048] [--busy]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -108,6 +113,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--busy", action="store_true", help="measure while a competing process multiplies matrices")
+    p.add_argument("--busy-threads", type=int, default=None, help="the competing process's threads (default: ours)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     opts = p.parse_args()
     if opts.peak_child:
@@ -124,6 +132,8 @@ def main() -> None:
           f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start")
 
+    from busy import competitor
+
     with torch.no_grad():
         outs = {name: fn(*args, **kwargs) for name, fn in impls.items()}       # also the warm-up
         err = (outs["ssm_tutor"] - outs["transformers"]).abs().max().item()
@@ -134,11 +144,14 @@ def main() -> None:
 
         times = {name: [] for name in impls}
         order = list(impls)
-        for r in range(opts.repeats):
-            for name in (order if r % 2 == 0 else order[::-1]):                 # interleave: ABBA...
-                t = time.perf_counter()
-                impls[name](*args, **kwargs)
-                times[name].append(time.perf_counter() - t)
+        load = competitor(opts.busy_threads) if opts.busy else contextlib.nullcontext(lambda: "no competing process")
+        with load as report:
+            for r in range(opts.repeats):
+                for name in (order if r % 2 == 0 else order[::-1]):             # interleave: ABBA...
+                    t = time.perf_counter()
+                    impls[name](*args, **kwargs)
+                    times[name].append(time.perf_counter() - t)
+        print(report())
 
     med = {name: statistics.median(ts) for name, ts in times.items()}
     for name, ts in times.items():
@@ -146,9 +159,11 @@ def main() -> None:
               f"{len(ts)} runs)")
     ratio = med["transformers"] / med["ssm_tutor"]
     paired = statistics.median(t / o for t, o in zip(times["transformers"], times["ssm_tutor"]))
-    print(f"speed-up of ssm_tutor over transformers: {ratio:.2f}x (ratio of medians); "
+    print(f"speed-up of ssm_tutor over transformers{' (busy)' if opts.busy else ''}: {ratio:.2f}x (ratio of medians); "
           f"{paired:.2f}x (median of paired ratios)")
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    if opts.no_memory:
+        return
 
     print("peak memory, one call in a fresh subprocess (rise of the peak RSS over the inputs' baseline):")
     for name in impls:

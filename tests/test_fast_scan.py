@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 
+from ssm_tutor.fast import threads
 from ssm_tutor.fast.scan import fused_selective_scan
 from ssm_tutor.scan import LINEAR_SCAN_METHODS, selective_scan
 from ssm_tutor.selective import selective_scan_ref
@@ -74,3 +75,72 @@ def test_complex_A_is_refused_by_the_fused_scan_naming_the_methods_that_take_it(
     from scan_cases import complex_inputs
     with pytest.raises(TypeError, match=r"A must be real.*selective_scan_ref"):
         fused_selective_scan(**complex_inputs())
+
+
+# ---------------------------------------------------------------------------------------------
+# the helper thread (ssm_tutor.fast.threads): same numbers, same autograd modes, nothing left running
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def with_helper(monkeypatch):
+    """Use the helper thread even for the small test states (and two intra-op threads to allow it)."""
+    monkeypatch.setattr(threads, "MIN_STATES_FOR_HELPER", 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("option", ["D+z", "all, grouped B/C"])
+@pytest.mark.parametrize("b", [1, 3])
+def test_helper_thread_gives_the_same_values_and_gradients(with_helper, option, b):
+    opt = dict(OPTIONS[option], last=True)
+    x = scan_inputs(b=b, groups=opt["groups"], l=37)
+    assert threads.scan_workers(b * 4 * 3).helper
+    assert_scans_agree(partial(fused_selective_scan, chunk_size=4), selective_scan_ref, x, opt,
+                       ["u", "delta", "A", "B", "C"] + list(opt["keep"]))
+    assert torch.get_num_threads() == 2                          # the caller's setting is back
+
+
+def test_helper_thread_under_inference_mode_and_no_grad(with_helper):
+    x = scan_inputs(l=30, dtype=torch.float32)
+    expected = selective_scan_ref(**x, delta_softplus=True)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused_selective_scan(**x, delta_softplus=True, chunk_size=3), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_selective_scan(**x, delta_softplus=True, chunk_size=3), expected)
+
+
+def test_helper_error_reaches_the_caller_and_nothing_keeps_running(with_helper):
+    done = []
+
+    def produce(i, slot):
+        if i == 4:
+            raise RuntimeError("boom in chunk 4")
+        return i
+
+    with pytest.raises(RuntimeError, match="boom in chunk 4"):
+        with threads.scan_workers(10**6) as workers:
+            workers.run(produce, lambda i, item: done.append((i, item)), 10)
+    assert done == [(i, i) for i in range(4)]                    # in order, each item its own
+    assert torch.get_num_threads() == 2
+
+
+def test_workers_visit_every_item_in_order_with_slots_never_shared_in_flight(with_helper):
+    seen = []
+    with threads.scan_workers(10**6, depth=3) as workers:
+        assert torch.get_num_threads() == 1                       # no OpenMP team inside the scan
+        workers.run(lambda i, slot: (i, slot), lambda i, item: seen.append(item), 11)
+    assert seen == [(i, i % 3) for i in range(11)]
+    with threads.scan_workers(10**6) as workers:                  # one item: no helper needed
+        workers.run(lambda i, slot: (i, slot), lambda i, item: seen.append(item), 1)
+    assert seen[-1] == (0, 0)
+
+
+def test_no_helper_when_torch_is_told_one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert not threads.scan_workers(10**6).helper
+    finally:
+        torch.set_num_threads(before)

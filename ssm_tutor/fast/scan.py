@@ -17,8 +17,9 @@ What it does differently, none of it new mathematics:
 * **time-major**: every tensor is indexed (time, batch, channel[, state]), so a time step is one
   contiguous slice; (b, d, l) inputs that are views of time-major memory (the fast mixer's) are
   read and written in place;
-* **threads** (:mod:`ssm_tutor.fast.threads`): how many cores the scan uses, chosen for the
-  machine as it is now, not as it was when the code was tuned.
+* **threads** (:mod:`ssm_tutor.fast.threads`): one intra-op thread (no OpenMP barrier per
+  operation, which stalls for a time slice whenever another program holds a core) plus a helper
+  thread that prepares the next chunks; on a busy machine it degrades to one thread's speed.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ssm_tutor.fast.threads import scan_threads
+from ssm_tutor.fast.threads import scan_workers
 from ssm_tutor.selective import compute_dtype, per_channel, step_size
 from ssm_tutor.validate import positive_int, validate_scan_args
 
@@ -35,12 +36,11 @@ __all__ = ["fused_selective_scan"]
 LOG2_E = 1.4426950408889634   # log2(e): exp(x) = 2^(x · log2 e)
 
 
-def _chunk_states(dt_c, dtu_c, A2, B_c, h, dA_out, H_out, C_c=None, y_c=None):
-    """One chunk of T steps, all arguments time-major: Δ_c, (Δu)_c (T, b, d) (may be strided views:
-    the products read them in place, cheaper than a transposing copy), B_c, C_c (T, b, g, n).
-    Builds Ā = exp(ΔA) and B̄u into the (T, b, d, n) buffers, then runs the recurrence
-    h_t = Ā_t h_{t-1} + B̄_t u_t in place from the state ``h``, so that H_out[t] holds h_t. With
-    C_c and y_c (T, b, d) given, also writes y_t = C_t · h_t into y_c.
+def _discretize(dt_c, dtu_c, A2, B_c, dA_buf, H_buf):
+    """Ā_t = exp(Δ_t A) and B̄_t u_t = Δ_t u_t B_t for one chunk of T steps, into the (≥ T, b, d, n)
+    buffers. Time-major arguments: Δ_c, (Δu)_c (T, b, d) (may be strided views: the products read
+    them in place, cheaper than a transposing copy), B_c (T, b, g, n). Returns the (T, b, d, n)
+    views (Ā, B̄u).
 
     A2 is A · log2(e), so that Ā = exp(ΔA) = 2^(Δ · A2): the exponential is the scan's single
     most expensive operation, and PyTorch's exp2 is ~1.6x cheaper than its exp on this CPU
@@ -49,27 +49,39 @@ def _chunk_states(dt_c, dtu_c, A2, B_c, h, dA_out, H_out, C_c=None, y_c=None):
     T, b, g, n = B_c.shape
     d = dt_c.shape[2]
     k = d // g
-    dA, H = dA_out[:T], H_out[:T]
+    dA, H = dA_buf[:T], H_buf[:T]
     torch.mul(dt_c.unsqueeze(-1), A2, out=dA)                                         # ΔA·log2 e: (T, b, d, n)
     dA.exp2_()                                                                        # Ā = exp(ΔA)
-    torch.mul(dtu_c.unflatten(2, (g, k)).unsqueeze(-1), B_c.unsqueeze(3), out=H.view(T, b, g, k, n))  # B̄u: (T, b, d, n)
-    steps_A, steps_H = dA.unbind(0), H.unbind(0)
-    if y_c is not None and b * g == 1:
+    torch.mul(dtu_c.unflatten(2, (g, k)).unsqueeze(-1), B_c.unsqueeze(3), out=H.view(T, b, g, k, n))  # B̄u
+    return dA, H
+
+
+def _recur(dA, H, h, C_c=None, y_c=None):
+    """h_t = Ā_t h_{t-1} + B̄_t u_t over one chunk, in place: H (T, b, d, n) holds B̄u and is
+    overwritten with h_t, starting from the state h (b, d, n). With C_c (T, b, g, n) and y_c
+    (T, b, d) given, also writes y_t = C_t · h_t into y_c. Returns H."""
+    T, b, d, n = H.shape
+    prev = h
+    if y_c is not None and b * C_c.shape[2] == 1:
         # one matrix-vector product per step, while h_t is still in the cache
-        steps = zip(steps_A, steps_H, H.view(T, d, n).unbind(0), C_c.view(T, n).unbind(0), y_c.view(T, d).unbind(0))
-        prev = h
+        steps = zip(dA.unbind(0), H.unbind(0), H.view(T, d, n).unbind(0), C_c.view(T, n).unbind(0),
+                    y_c.view(T, d).unbind(0))
         for a_t, h_t, h_mat, c_t, y_t in steps:
             h_t.addcmul_(a_t, prev)                                                   # h_t = Ā_t h_{t-1} + B̄_t u_t
             torch.mv(h_mat, c_t, out=y_t)                                             # y_t = C_t · h_t
             prev = h_t                                                                # in place: H now holds h
-        return dA, H
-    prev = h
-    for a_t, h_t in zip(steps_A, steps_H):
+        return H
+    for a_t, h_t in zip(dA.unbind(0), H.unbind(0)):
         h_t.addcmul_(a_t, prev)                                                       # h_t = Ā_t h_{t-1} + B̄_t u_t
         prev = h_t
     if y_c is not None:
-        torch.matmul(H.view(T, b, g, k, n), C_c.unsqueeze(-1), out=y_c.view(T, b, g, k, 1))  # y_t = C_t · h_t
-    return dA, H
+        g = C_c.shape[2]
+        torch.matmul(H.view(T, b, g, d // g, n), C_c.unsqueeze(-1), out=y_c.view(T, b, g, d // g, 1))  # C_t · h_t
+    return H
+
+
+def _chunks(l: int, T: int) -> list[tuple[int, int]]:
+    return [(t0, min(t0 + T, l)) for t0 in range(0, l, T)]
 
 
 class _FusedSelectiveScan(torch.autograd.Function):
@@ -79,36 +91,47 @@ class _FusedSelectiveScan(torch.autograd.Function):
 
         λ_t = ∂L/∂h_t = C_t ∂L/∂y_t + Ā_{t+1} λ_{t+1},
 
-    from which ∂L/∂(B̄u)_t = λ_t and ∂L/∂Ā_t = λ_t h_{t-1} give every input's gradient."""
+    from which ∂L/∂(B̄u)_t = λ_t and ∂L/∂Ā_t = λ_t h_{t-1} give every input's gradient.
+
+    Both passes split each chunk's work in two (:class:`ssm_tutor.fast.threads.ScanWorkers`):
+    the forward prepares Ā and B̄u of the next chunks on a helper thread while this one runs the
+    recurrence; the backward recomputes the states of the next chunks (they only need the saved
+    state entering each chunk) while this one runs the adjoint recurrence and the gradients."""
 
     @staticmethod
     def forward(ctx, u, dt, A, Bg, Cg, chunk_size):
         b, d, l = u.shape
         n = A.shape[1]
         T = min(chunk_size, l)
-        with scan_threads(b * d * n):
+        chunks = _chunks(l, T)
+        with scan_workers(b * d * n) as workers:
             BT = Bg.permute(3, 0, 1, 2).contiguous()                                   # (l, b, g, n)
             CT = Cg.permute(3, 0, 1, 2).contiguous()                                   # (l, b, g, n)
             dtu = dt * u                                                               # Δ u: (b, d, l)
             y = torch.empty_like(u)                                                    # (b, d, l), u's memory layout
             dtT, dtuT, yT = dt.permute(2, 0, 1), dtu.permute(2, 0, 1), y.permute(2, 0, 1)   # (l, b, d) views, no copy
-            # Time-major inputs at batch 1 (MambaMixer's, when generating or benchmarking) make yT
-            # contiguous: each chunk's y_t = C_t · h_t is then written straight into y; otherwise
-            # (any batch > 1, or channel-major inputs) through a one-chunk buffer and a copy.
+            # Time-major inputs at batch 1 (the fast mixer's) make yT contiguous: each chunk's
+            # y_t = C_t · h_t is then written straight into y; otherwise (any batch > 1, or
+            # channel-major inputs) through a one-chunk buffer and a copy.
             y_buf = None if yT.is_contiguous() else u.new_empty(T, b, d)               # one chunk of y, time-major
-            dA_buf, H_buf = u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)           # (T, b, d, n)
-            h = u.new_zeros(b, d, n)                                                   # h_{-1} = 0
+            buffers = [(u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)) for _ in range(workers.depth)]
             A2 = A * LOG2_E                                                            # (d, n)
-            starts = []
-            for t0 in range(0, l, T):
-                t1 = min(t0 + T, l)
-                starts.append(h)
+            starts = [u.new_zeros(b, d, n)]                                            # h_{-1} = 0, then each chunk's
+
+            def prepare(c, slot):                                                      # Ā, B̄u of chunk c
+                t0, t1 = chunks[c]
+                return _discretize(dtT[t0:t1], dtuT[t0:t1], A2, BT[t0:t1], *buffers[slot])
+
+            def run(c, prepared):                                                      # h_t and y_t of chunk c
+                t0, t1 = chunks[c]
                 y_c = yT[t0:t1] if y_buf is None else y_buf[: t1 - t0]
-                _, H = _chunk_states(dtT[t0:t1], dtuT[t0:t1], A2, BT[t0:t1], h, dA_buf, H_buf,
-                                     CT[t0:t1], y_c)                                   # and y_t = C_t · h_t
+                H = _recur(*prepared, starts[-1], CT[t0:t1], y_c)
                 if y_buf is not None:
                     y[:, :, t0:t1] = y_c.permute(1, 2, 0)                              # a cache-sized transpose
-                h = H[-1].clone()
+                starts.append(H[-1].clone())
+
+            workers.run(prepare, run, len(chunks))
+        h = starts.pop()                                                               # h_L
         if any(ctx.needs_input_grad):                   # inference keeps nothing
             ctx.save_for_backward(u, dt, A, Bg, Cg, torch.stack(starts))              # starts: (chunks, b, d, n)
         ctx.chunk_size = T
@@ -122,7 +145,8 @@ class _FusedSelectiveScan(torch.autograd.Function):
         b, d, l = u.shape
         n, g = A.shape[1], Bg.shape[1]
         k = d // g
-        with scan_threads(b * d * n):
+        chunks = _chunks(l, T)[::-1]                                                   # last chunk first
+        with scan_workers(b * d * n) as workers:
             dtT, uT = dt.permute(2, 0, 1).contiguous(), u.permute(2, 0, 1).contiguous()   # (l, b, d)
             BT, CT = Bg.permute(3, 0, 1, 2).contiguous(), Cg.permute(3, 0, 1, 2).contiguous()  # (l, b, g, n)
             dtuT = dtT * uT
@@ -130,14 +154,20 @@ class _FusedSelectiveScan(torch.autograd.Function):
             g_dtT, g_uT = torch.empty_like(dtT), torch.empty_like(uT)
             g_BT, g_CT = torch.empty_like(BT), torch.empty_like(CT)
             g_A = torch.zeros_like(A)
-            dA_buf, H_buf = u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)
-            carry = gh_last.clone() if gh_last is not None else u.new_zeros(b, d, n)   # Ā_{t1} λ_{t1}, or ∂L/∂h_L
+            buffers = [(u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)) for _ in range(workers.depth)]
             A2 = A * LOG2_E                                                            # as in the forward
-            for c in reversed(range(starts.shape[0])):
-                t0 = c * T
-                t1 = min(t0 + T, l)
+            carry = gh_last.clone() if gh_last is not None else u.new_zeros(b, d, n)   # Ā_{t1} λ_{t1}, or ∂L/∂h_L
+
+            def recompute(i, slot):                                                    # Ā and h_t of a chunk again
+                t0, t1 = chunks[i]
+                dA, H = _discretize(dtT[t0:t1], dtuT[t0:t1], A2, BT[t0:t1], *buffers[slot])
+                return dA, _recur(dA, H, starts[t0 // T])
+
+            def adjoint(i, states):
+                nonlocal carry, g_A
+                dA, H = states
+                t0, t1 = chunks[i]
                 Tc = t1 - t0
-                dA, H = _chunk_states(dtT[t0:t1], dtuT[t0:t1], A2, BT[t0:t1], starts[c], dA_buf, H_buf)
                 H5 = H.view(Tc, b, g, k, n)
                 # λ_t = C_t ∂L/∂y_t + Ā_{t+1} λ_{t+1}, backwards through the chunk
                 lam = (gyT[t0:t1].view(Tc, b, g, k, 1) * CT[t0:t1].unsqueeze(3)).view(Tc, b, d, n)
@@ -156,11 +186,13 @@ class _FusedSelectiveScan(torch.autograd.Function):
                 # Ā_t = exp(Δ_t A) with ∂L/∂Ā_t = λ_t h_{t-1}  ->  Q = λ_t h_{t-1} Ā_t = ∂L/∂(Δ_t A)
                 Q = lam.mul_(dA)                                                       # reuses λ's memory
                 Q[1:].mul_(H[:-1])                                                     # h_{t-1} = H[t-1] ...
-                Q[0].mul_(starts[c])                                                   # ... and the chunk's start
+                Q[0].mul_(starts[t0 // T])                                             # ... and the chunk's start
                 g_dtT[t0:t1] = lamB * uT[t0:t1] + (Q * A).sum(-1)                      # Σ_n Q A: (T, b, d)
                 # Σ over (t, b) as a product and a sum: ~4x faster here than the einsum, which
                 # first copies Q into a (d, t·b, n) batch of tiny matrix products
                 g_A += (Q * dtT[t0:t1].unsqueeze(-1)).sum((0, 1))
+
+            workers.run(recompute, adjoint, len(chunks))
         return (g_uT.permute(1, 2, 0), g_dtT.permute(1, 2, 0), g_A,
                 g_BT.permute(1, 2, 3, 0), g_CT.permute(1, 2, 3, 0), None)
 
