@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_tutor.selective import compute_dtype, per_channel, selective_scan_ref, step_size
-from ssm_tutor.validate import validate_scan_args
+from ssm_tutor.validate import check_shape, check_tensor, validate_scan_args
 
 __all__ = [
     "combine",
@@ -297,7 +297,8 @@ def _finish(y, u, D, z, dtype_in, compute):
     return y.to(dtype_in)
 
 
-def _selective_via_linear_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, method):
+def _selective_via_linear_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, method,
+                               initial_state=None):
     """The textbook route: materialise Ā = exp(ΔA) and B̄u as (b, d, n, l), run ``linear_scan``."""
     b, d, l, n, _ = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, allow_complex=True,
                                        allow_constant_BC=True)
@@ -308,7 +309,8 @@ def _selective_via_linear_scan(u, delta, A, B, C, D, z, delta_bias, delta_softpl
     Bc, Cc = per_channel(B, b, d, l, state), per_channel(C, b, d, l, state)     # (b, d, l, n) each
     a = torch.exp(dt[:, :, None, :] * A.to(state)[None, :, :, None])             # Ā: (b, d, n, l)
     x = ((dt * u_c)[..., None] * Bc).transpose(2, 3)                             # B̄u: (b, d, n, l)
-    h = linear_scan(a, x, method)                                                 # (b, d, n, l)
+    h0 = None if initial_state is None else initial_state.to(state)                # h_{-1}: (b, d, n)
+    h = linear_scan(a, x, method, h0=h0)                                          # (b, d, n, l)
     y = (h * Cc.transpose(2, 3)).sum(2)                                           # y_t = C_t · h_t: (b, d, l)
     if y.is_complex():
         y = 2 * y.real                                                            # conjugate pairs
@@ -397,7 +399,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
     from which ∂L/∂(B̄u)_t = λ_t and ∂L/∂Ā_t = λ_t h_{t-1} give every input's gradient."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, Bg, Cg, chunk_size):
+    def forward(ctx, u, dt, A, Bg, Cg, chunk_size, h0):
         b, d, l = u.shape
         n = A.shape[1]
         T = min(chunk_size, l)
@@ -412,7 +414,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
             # (any batch > 1, or channel-major inputs) through a one-chunk buffer and a copy.
             y_buf = None if yT.is_contiguous() else u.new_empty(T, b, d)               # one chunk of y, time-major
             dA_buf, H_buf = u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)           # (T, b, d, n)
-            h = u.new_zeros(b, d, n)                                                   # h_{-1} = 0
+            h = h0.clone()                                                             # h_{-1} (0 unless continuing)
             A2 = A * LOG2_E                                                            # (d, n)
             starts = []
             for t0 in range(0, l, T):
@@ -477,10 +479,11 @@ class _FusedSelectiveScan(torch.autograd.Function):
                 # first copies Q into a (d, t·b, n) batch of tiny matrix products
                 g_A += (Q * dtT[t0:t1].unsqueeze(-1)).sum((0, 1))
         return (g_uT.permute(1, 2, 0), g_dtT.permute(1, 2, 0), g_A,
-                g_BT.permute(1, 2, 3, 0), g_CT.permute(1, 2, 3, 0), None)
+                g_BT.permute(1, 2, 3, 0), g_CT.permute(1, 2, 3, 0), None, carry)   # carry = ∂L/∂h_{-1}
 
 
-def _selective_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size):
+def _selective_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size,
+                     initial_state=None):
     """The chunked, fused scan: the CPU default. Differentiable through ``_FusedSelectiveScan``.
 
     NaN/inf inputs: instead of scanning all eight inputs for non-finite values up front (several
@@ -497,7 +500,8 @@ def _selective_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return
     Bg, Cg = _grouped(B, d, compute), _grouped(C, d, compute)                         # (b, g, n, l)
     if groups == -1:                                              # time-invariant B or C: one group per channel
         Bg, Cg = (per_channel(X, b, d, l, compute).transpose(2, 3) for X in (B, C))  # (b, d, n, l)
-    y, h = _FusedSelectiveScan.apply(u_c, dt, A.to(compute), Bg, Cg, chunk_size or 64)
+    h0 = u_c.new_zeros(b, d, n) if initial_state is None else initial_state.to(compute)   # h_{-1}: (b, d, n)
+    y, h = _FusedSelectiveScan.apply(u_c, dt, A.to(compute), Bg, Cg, chunk_size or 64, h0)
     y = _finish(y, u_c, D, z, compute, compute)                                       # + D u, gate with SiLU(z)
     if not bool(torch.isfinite(y.sum() + h.sum())):
         validate_scan_args(u, delta, A, B, C, D, z, delta_bias, check_finite=True)    # raises, naming the input
@@ -530,7 +534,7 @@ def auto_method(device: torch.device | str) -> str:
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, method="auto", chunk_size=None):
+                   return_last_state=False, method="auto", chunk_size=None, initial_state=None):
     """Mamba's selective scan, with the signature and meaning of the official ``selective_scan_fn``.
 
         Δ = softplus(delta + delta_bias)        (each step optional)
@@ -545,6 +549,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             "chunked" (materialise Ā, B̄u and run ``linear_scan``), "reference"
             (``selective_scan_ref``) or "triton" (``ssm_tutor.kernels``, stage 6).
         chunk_size: time steps per chunk for "fused" (default 64).
+        initial_state: h_0 (b, d, n) to start from, default 0 (the state an earlier chunk of the
+            sequence ended in: chunked prefill). Every method but "triton".
 
     What each method takes beyond the official real layout: time-invariant B, C of shape (d, n)
     -- every method but "triton"; complex A (S4D-Lin, y = 2 Re(C h)) -- "reference" and the four
@@ -563,12 +569,19 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         if isinstance(A, torch.Tensor) and A.is_complex():
             method = "sequential"                                   # the fused and Triton scans take real A
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if initial_state is not None and isinstance(u, torch.Tensor) and u.dim() == 3 and isinstance(A, torch.Tensor) \
+            and A.dim() == 2:
+        check_tensor("initial_state", initial_state, kind="real or complex", device=u.device)
+        check_shape("initial_state", initial_state, "(b, d, n)", (u.shape[0], u.shape[1], A.shape[1]))
     if method == "fused":
-        return _selective_fused(*args, chunk_size)
+        return _selective_fused(*args, chunk_size, initial_state)
     if method in LINEAR_SCAN_METHODS:
-        return _selective_via_linear_scan(*args, method)
+        return _selective_via_linear_scan(*args, method, initial_state)
     if method == "reference":
-        return selective_scan_ref(*args)
+        return selective_scan_ref(*args, initial_state)
+    if method == "triton" and initial_state is not None:
+        raise NotImplementedError("method='triton' cannot start from an initial_state; use method='fused' "
+                                  "(the CPU default) or 'reference'")
     if method == "triton":
         # shapes only: selective_scan_triton validates again and decides about the NaN check
         # (off on CUDA, where it would cost a device sync and a second read of every input)
