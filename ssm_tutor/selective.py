@@ -49,9 +49,8 @@ __all__ = ["selective_scan_loop", "selective_scan_ref", "step_size", "per_channe
 # the scan: the loop, then the official options around it
 # ----------------------------------------------------------------------------------------------
 
-def selective_scan_loop(u, delta, A, B, C, D=None, h0=None):
-    """The selective scan as a loop over time (Mamba paper, Algorithm 2), from h_0 = 0
-    (or ``h0`` (b, d, n): the state a previous chunk of the sequence ended in):
+def selective_scan_loop(u, delta, A, B, C, D=None):
+    """The selective scan as a loop over time (Mamba paper, Algorithm 2), h_0 = 0:
 
         h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t        y_t = C_t · h_t + D u_t
 
@@ -65,7 +64,7 @@ def selective_scan_loop(u, delta, A, B, C, D=None, h0=None):
     b, d, l = u.shape
     deltaA = torch.exp(delta[..., None] * A[:, None, :])    # Ā_t = exp(Δ_t A): (b, d, l, n)
     deltaB_u = (delta * u)[..., None] * B                    # B̄_t u_t = Δ_t B_t u_t: (b, d, l, n)
-    h = deltaA.new_zeros(b, d, A.shape[1]) if h0 is None else h0.to(deltaA.dtype)   # h_0: (b, d, n)
+    h = deltaA.new_zeros(b, d, A.shape[1])                   # h_0 = 0: (b, d, n)
     ys = []
     for t in range(l):
         h = deltaA[:, :, t] * h + deltaB_u[:, :, t]          # h_t = Ā_t h_{t-1} + B̄_t u_t: (b, d, n)
@@ -128,7 +127,10 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         D, delta_bias: (d,)
         return_last_state: also return h_l, (b, d, n), complex for complex A
         initial_state: h_0 (b, d, n) to start from (default 0): the state an earlier chunk of the
-                      same sequence ended in, so a long sequence can be read in pieces
+                      same sequence ended in, so a long sequence can be read in pieces. The loop
+                      starts from 0; h_0's part is added after it, exact because the recurrence is
+                      linear in h: h_0 reaches step t as (Ā_t ⋯ Ā_1) h_0 = exp(A Σ_{s≤t} Δ_s) ⊙ h_0,
+                      which adds C_t · that to y_t, and its value at t = l to h_l
 
     Returns y (b, d, l) in u's dtype [and h_l in the compute dtype]. Arithmetic runs in float32
     (float64 for float64 inputs) whatever the input dtype. Bad arguments raise, naming the
@@ -141,9 +143,15 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     state = real.to_complex() if A.is_complex() else real         # the state's dtype
     delta = step_size(delta.to(real), None if delta_bias is None else delta_bias.to(real), delta_softplus)
     check_shape("initial_state", initial_state, "(b, d, n)", (b, d, A.shape[1]))
-    y, h = selective_scan_loop(u.to(real), delta, A.to(state),
-                               per_channel(B, b, d, l, state), per_channel(C, b, d, l, state),
-                               None if D is None else D.to(real), initial_state)
+    C_t = per_channel(C, b, d, l, state)                          # (b, d, l, n)
+    y, h = selective_scan_loop(u.to(real), delta, A.to(state), per_channel(B, b, d, l, state), C_t,
+                               None if D is None else D.to(real))
+    if initial_state is not None:                                 # the part of h_0, added (linear in h)
+        decay = torch.exp(torch.cumsum(delta, dim=-1)[..., None] * A.to(state)[:, None, :])   # Ā_t⋯Ā_1: (b, d, l, n)
+        carried = decay * initial_state.to(state)[:, :, None, :]  # what h_0 has become at step t: (b, d, l, n)
+        y_h0 = (carried * C_t).sum(-1)                            # C_t · that: (b, d, l)
+        y = y + (2 * y_h0.real if y_h0.is_complex() else y_h0)
+        h = h + carried[:, :, -1]                                 # h_l
     if z is not None:
         y = y * F.silu(z.to(real))                                # the gate
     y = y.to(u.dtype)
