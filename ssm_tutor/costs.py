@@ -22,8 +22,11 @@ Four kinds of tool, each used by both the notebook and the benchmark:
   generating one token reads every weight once and every sequence's cache once; on a GPU that
   traffic, not arithmetic, sets the speed. Figures from this model are *derived*, not measured.
 
-Plus :func:`induction_accuracy_one_pass`, the long-context evaluation that reads sequences of several
-lengths in a single constant-memory recurrent pass.
+Plus the long-context evaluations: :func:`induction_accuracy_chunked` reads each sequence in chunks
+with the state carried across (chunked prefill, ``MambaLM.forward(..., cache=, return_cache=True)``),
+:func:`induction_accuracy_one_pass` reads sequences of several lengths in a single recurrent pass,
+one token per step; both in memory that does not grow with the length. :func:`wilson_interval` gives
+an accuracy's 95 % interval.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ __all__ = ["mamba_forward_flops", "transformer_forward_flops", "forward_flops", 
            "matched_transformer", "allocated_bytes", "peak_allocated_bytes", "PeakRSS",
            "interleaved_times", "loglog_slope", "crossover", "load_average",
            "decode_step_bytes", "bandwidth_bound_throughput", "max_batch", "kv_cache_bytes", "kv_cache_after",
-           "ssm_state_bytes", "induction_accuracy_one_pass"]
+           "ssm_state_bytes", "induction_accuracy_one_pass", "induction_accuracy_chunked", "wilson_interval"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,3 +461,82 @@ def induction_accuracy_one_pass(model, lengths, num_examples: int, vocab_size: i
     accuracy = {L: float((predicted[b] == answers[b]).float().mean()) for L, b in blocks.items()}
     return {"accuracy": accuracy, "predictions": {L: predicted[b] for L, b in blocks.items()}, "seconds": seconds, "steps": longest, "batch": rows,
             "cache_bytes": allocated_bytes(cache), "peak_rss_rise": rss.rise}
+
+
+def wilson_interval(correct: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95 % for z = 1.96) of a fraction ``correct / total``: the range of true
+    accuracies with which ``correct`` of ``total`` is not surprising. Unlike p ± z·sqrt(p(1-p)/n) it stays
+    inside [0, 1] and is not zero-width at 0 or 1 of few examples."""
+    if total < 1:
+        raise ValueError(f"total must be at least 1, got {total}")
+    p = correct / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@torch.inference_mode()
+def induction_accuracy_chunked(model, lengths, num_examples, vocab_size: int, seed: int = 0, chunk: int = 4096,
+                               step_probe: int = 256, progress: bool = False) -> dict:
+    """Induction-heads accuracy at every length, each length's sequences read in chunks of ``chunk``
+    tokens with the state carried from chunk to chunk (chunked prefill): ``model(ids, cache=cache,
+    return_cache=True)`` per chunk, the answer read from the last chunk's last logits.
+
+    The examples are those of ``ssm_tutor.tasks.induction_accuracy_by_length`` (seed + length per
+    length), so the answers agree with it. ``num_examples``: an int, or one count per length (fewer
+    at the longest lengths). Memory: the fixed-size cache, one chunk's activations and the tokens (one
+    byte each when the vocabulary allows); nothing grows with the length but the tokens themselves.
+    After each length, ``step_probe`` tokens are read one at a time with ``model.step`` at the same
+    batch: the token-by-token speed to compare with, measured at the same moment.
+
+    Returns {"accuracy": {L: fraction}, "correct": {L: count}, "num_examples": {L: count},
+    "predictions": {L: tokens}, "seconds": {L: wall time of reading the chunks}, "tokens": {L: tokens
+    read}, "peak_rss_rise": {L: bytes, :class:`PeakRSS` over the reading}, "stepped_seconds_per_token":
+    {L: seconds}, "cache_bytes": bytes of one example's cache, "chunk": chunk}. One chunk is read
+    before each length's measurement (warm-up: the allocator's pools, the kernels' first calls).
+    """
+    from ssm_tutor.tasks import induction_heads
+
+    lengths = sorted(int(L) for L in lengths)
+    counts = [num_examples] * len(lengths) if isinstance(num_examples, int) else [int(n) for n in num_examples]
+    if len(counts) != len(lengths):
+        raise ValueError(f"num_examples must be an int or one count per length ({len(lengths)}), got {len(counts)}")
+    dtype = torch.uint8 if vocab_size <= 256 else torch.int32
+    was_training = model.training
+    model.eval()
+    out = {k: {} for k in ("accuracy", "correct", "num_examples", "predictions", "seconds", "tokens",
+                           "peak_rss_rise", "stepped_seconds_per_token")}
+    for L, n in zip(lengths, counts):
+        batch = induction_heads(n, L, vocab_size, seed=seed + L)
+        tokens, answers = batch.inputs.to(dtype), batch.targets[:, -1]          # (n, L), (n,)
+        del batch
+        starts = range(0, L, chunk)
+        if progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc=f"length {L}, {n} sequences, chunks of {chunk}", unit="chunk", mininterval=10)
+        model(tokens[:, :chunk].long(), cache=model.init_cache(n))              # warm-up (allocator, kernels): not measured
+        cache = model.init_cache(n)
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            for s in starts:
+                logits, cache = model(tokens[:, s:s + chunk].long(), cache=cache, return_cache=True)   # (n, ≤chunk, V)
+            seconds = time.perf_counter() - t0
+        predicted = logits[:, -1].argmax(-1)                                    # (n,)
+        correct = int((predicted == answers).sum())
+        probe = model.init_cache(n)
+        t0 = time.perf_counter()
+        for t in range(min(step_probe, L)):
+            model.step(tokens[:, t].long(), probe)
+        stepped = (time.perf_counter() - t0) / (min(step_probe, L) * n)
+        for key, value in (("accuracy", correct / n), ("correct", correct), ("num_examples", n),
+                           ("predictions", predicted), ("seconds", seconds), ("tokens", n * L),
+                           ("peak_rss_rise", rss.rise), ("stepped_seconds_per_token", stepped)):
+            out[key][L] = value
+        if progress:
+            print(f"length {L}: {correct}/{n} correct, {n * L / seconds:,.0f} tokens/s in chunks, "
+                  f"{1 / stepped:,.0f} tokens/s stepped, peak RSS rise {rss.rise / 2**20:.1f} MiB", flush=True)
+        del tokens
+    model.train(was_training)
+    out["cache_bytes"] = allocated_bytes(model.init_cache(1))
+    out["chunk"] = chunk
+    return out

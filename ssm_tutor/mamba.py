@@ -59,7 +59,7 @@ from ssm_tutor.validate import (check_cache, check_choice, check_has_data, check
                                 check_token_ids, finite_number, non_negative_int, positive_int)
 
 __all__ = ["MambaConfig", "RMSNorm", "MambaShell", "MambaMixer", "LTIMambaMixer", "MambaBlock", "MambaBackbone",
-           "MambaLM", "MambaCache", "CheckpointError", "causal_conv_step", "last_conv_inputs", "zero_padding",
+           "MambaLM", "MambaCache", "CheckpointError", "causal_conv_step", "last_conv_inputs", "after_window", "zero_padding",
            "selective_ssm_step"]
 
 
@@ -259,6 +259,16 @@ def last_conv_inputs(x: torch.Tensor, K: int) -> torch.Tensor:
     return F.pad(x.transpose(1, 2), (K - 1, 0))[..., x.shape[1]:]
 
 
+def after_window(u: torch.Tensor, window: torch.Tensor | None) -> torch.Tensor:
+    """The convolution's input for a chunk that continues a sequence: the cached window (the
+    previous chunk's last K-1 inputs, (b, E, K-1), oldest first) followed by the chunk's own
+    inputs u (b, l, E) -> (b, K-1+l, E). The convolution of that, cut to its last l causal
+    outputs, is what one convolution over the whole sequence gives for the chunk's positions
+    (a zero window, as from ``init_cache``, is the zero padding of a fresh start). ``None``
+    (no cache): u itself."""
+    return u if window is None else torch.cat([window.transpose(1, 2).to(u.dtype), u], dim=1)
+
+
 def zero_padding(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
     """x (b, l, E) with the padded positions (mask 0) set to zero."""
     return x if attention_mask is None else x * attention_mask[..., None].to(x.dtype)
@@ -302,21 +312,29 @@ class MambaShell(nn.Module):
             # scaled by 1/sqrt(layers) so the residual stream's variance does not grow with depth
             self.out_proj.weight /= math.sqrt(config.num_hidden_layers)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False,
+                initial_states: tuple | None = None):
         """The parallel form over a whole sequence, the teaching path. x (b, l, D) -> (b, l, D).
 
         With ``return_states`` also returns the recurrent state after the last token:
         (conv_state (b, E, K-1), ssm_state (b, E, N)), ready for :meth:`step`.
+
+        ``initial_states`` (conv_state, ssm_state), as :meth:`step` and ``return_states`` hold
+        them: x continues a sequence that has reached that state (chunked prefill). The
+        convolution then sees the cached K-1 inputs before x (:func:`after_window`) and the scan
+        starts from h_0 = ssm_state instead of 0.
         """
         check_layer_input(x, self.hidden_size, type(self).__name__)
         check_has_data(f"{type(self).__name__}'s weights", self.in_proj.weight)
         l, K = x.shape[1], self.d_conv
+        window, h0 = (None, None) if initial_states is None else initial_states
         xz = self.in_proj(x)                                                 # (b, l, 2E) or (b, l, E)
         u, z = xz.chunk(2, dim=-1) if self.gated else (xz, None)             # (b, l, E) each
-        u = zero_padding(u, attention_mask)                                  # padding feeds nothing forward
-        conv = self.conv1d(u.transpose(1, 2))[..., :l]                       # causal conv over time: (b, E, l)
+        u = after_window(zero_padding(u, attention_mask), window)            # padding feeds nothing forward; (b, [K-1+]l, E)
+        conv = self.conv1d(u.transpose(1, 2))[..., :u.shape[1]][..., -l:]   # causal conv, this chunk's outputs: (b, E, l)
         u_conv = zero_padding(F.silu(conv).transpose(1, 2), attention_mask)   # (b, l, E)
-        out = super().forward(u_conv, return_last_state=return_states)       # the SSM layer: (b, l, E)
+        start = {} if h0 is None else {"initial_state": h0}                  # h_0 (b, E, N), else 0
+        out = super().forward(u_conv, return_last_state=return_states, **start)   # the SSM layer: (b, l, E)
         y, h = out if return_states else (out, None)
         if self.gated:
             y = y * F.silu(z)                                                # the gate
@@ -376,15 +394,17 @@ class MambaMixer(MambaShell, SelectiveSSM):
         self._build_shell(config, gated)
         self.fast = fast
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
-        """x (b, l, D) -> (b, l, D) [, (conv_state, ssm_state)]: the teaching path
-        (:meth:`MambaShell.forward`), or with ``self.fast`` the same computation arranged for speed."""
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False,
+                initial_states: tuple | None = None):
+        """x (b, l, D) -> (b, l, D) [, (conv_state, ssm_state)], from ``initial_states`` if given:
+        the teaching path (:meth:`MambaShell.forward`), or with ``self.fast`` the same computation
+        arranged for speed."""
         if self.fast:
             from ssm_tutor.fast.mixer import mamba_mixer_forward             # the fast layer builds on this module
             check_layer_input(x, self.hidden_size, "MambaMixer")
             check_has_data("MambaMixer's weights", self.in_proj.weight)
-            return mamba_mixer_forward(self, x, attention_mask, return_states)
-        return super().forward(x, attention_mask, return_states)             # the teaching path
+            return mamba_mixer_forward(self, x, attention_mask, return_states, initial_states)
+        return super().forward(x, attention_mask, return_states, initial_states)   # the teaching path
 
 
 class LTIMambaMixer(MambaShell, LTISSM):
@@ -401,6 +421,14 @@ class LTIMambaMixer(MambaShell, LTISSM):
                          dt_min=config.time_step_min, dt_max=config.time_step_max,
                          dt_init_floor=config.time_step_floor)               # LTISSM's parameters
         self._build_shell(config, gated)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False,
+                initial_states: tuple | None = None):
+        """As :meth:`MambaShell.forward`, from a zero state only."""
+        if initial_states is not None:
+            raise NotImplementedError("LTIMambaMixer cannot continue from a cache (its LTI layer's forward has no "
+                                      "initial state): read the sequence in one forward, or token by token with step")
+        return super().forward(x, attention_mask, return_states)
 
 
 MIXERS = {"selective": MambaMixer, "lti": LTIMambaMixer}
@@ -427,8 +455,10 @@ class MambaBlock(nn.Module):
     def _residual(self, x):
         return x.float() if self.residual_in_fp32 and x.dtype != torch.float64 else x
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
-        out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), attention_mask, return_states)
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False,
+                initial_states: tuple | None = None):
+        start = {} if initial_states is None else {"initial_states": initial_states}
+        out = self.mixer(self.norm(x.to(self.norm.weight.dtype)), attention_mask, return_states, **start)
         if return_states:
             return self._residual(x) + out[0], out[1]
         return self._residual(x) + out
@@ -452,18 +482,21 @@ class MambaBackbone(nn.Module):
         nn.init.normal_(self.embeddings.weight, std=0.02)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                return_states: bool = False):
+                return_states: bool = False, cache: "MambaCache | None" = None):
         """input_ids (b, l) -> normalised hidden states (b, l, D), and with ``return_states`` the
-        per-layer states after the last token: ([conv window], [ssm state]) (see :class:`MambaCache`)."""
+        per-layer states after the last token: ([conv window], [ssm state]) (see :class:`MambaCache`).
+        ``cache``: start each layer from its states there (the sequence continues); not modified."""
         x = self.embeddings(input_ids)                           # (b, l, D)
         conv_states, ssm_states = [], []
-        for layer in self.layers:
+        starts = [None] * len(self.layers) if cache is None else list(zip(cache.conv_states, cache.ssm_states))
+        for layer, start in zip(self.layers, starts):
+            kw = {} if start is None else {"initial_states": start}
             if return_states:
-                x, (conv, ssm) = layer(x, attention_mask, return_states=True)
+                x, (conv, ssm) = layer(x, attention_mask, return_states=True, **kw)
                 conv_states.append(conv.detach().contiguous())      # inference state:
                 ssm_states.append(ssm.detach().clone())             # no graph, its own memory
             else:
-                x = layer(x, attention_mask)                     # (b, l, D)
+                x = layer(x, attention_mask, **kw)               # (b, l, D)
         x = self.norm_f(x)
         return (x, (conv_states, ssm_states)) if return_states else x
 
@@ -564,21 +597,43 @@ class MambaLM(nn.Module):
 
     # ---- parallel form ----------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                return_cache: bool = False):
+                return_cache: bool = False, cache: MambaCache | None = None):
         """input_ids (b, l) -> logits (b, l, V) (float32; float64 for a float64 model), and the
         cache after the last token when ``return_cache`` (so :meth:`step` can continue).
 
         ``attention_mask`` (b, l): 1 for tokens, 0 for padding. Left-pad prompts of different
         lengths: each row then gives the logits and cache it would give alone (padded positions'
-        logits are meaningless)."""
+        logits are meaningless).
+
+        ``cache`` (from :meth:`init_cache`, a previous ``forward(..., return_cache=True)`` or
+        :meth:`step`): input_ids continue the sequences that cache has read, so a long sequence
+        can be read in chunks with the state carried across, in memory that does not grow with
+        its length (chunked prefill). The logits and returned cache are those of one forward
+        over everything read so far; the given cache is not modified. An ``attention_mask``
+        cannot be combined with a cache that has read tokens (padding would sit mid-sequence)."""
         check_has_data("the model's weights", self.lm_head.weight)
         check_token_ids(input_ids, self.config.vocab_size, device=self.lm_head.weight.device)
+        if cache is not None:
+            self._check_cache(cache, input_ids.shape[0])
+            if attention_mask is not None and cache.seqlen > 0:
+                raise ValueError(f"attention_mask cannot be used with a cache that has already read {cache.seqlen} "
+                                 "tokens: padding would sit in the middle of the sequence. Pad (left) only the "
+                                 "first chunk, or pass no mask")
         if attention_mask is not None:
-            check_mask(attention_mask, input_ids, left_padded=return_cache)
-        out = self.backbone(input_ids, attention_mask, return_states=return_cache)   # (b, l, D) [, states]
+            check_mask(attention_mask, input_ids, left_padded=return_cache or cache is not None)
+        out = self.backbone(input_ids, attention_mask, return_states=return_cache, cache=cache)   # (b, l, D) [, states]
         x, states = out if return_cache else (out, None)
         logits = self._logits(x)                                                      # (b, l, V)
-        return (logits, MambaCache(*states, input_ids.shape[1])) if return_cache else logits
+        if not return_cache:
+            return logits
+        return logits, MambaCache(*states, input_ids.shape[1] + (0 if cache is None else cache.seqlen))
+
+    def _check_cache(self, cache: MambaCache, batch: int) -> None:
+        """A MambaCache for ``batch`` sequences with one state per layer of this model."""
+        check_cache(cache, MambaCache, batch)
+        if len(cache.ssm_states) != self.config.num_hidden_layers:
+            raise ValueError(f"cache holds {len(cache.ssm_states)} layers but the model has "
+                             f"{self.config.num_hidden_layers}")
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         w = self.lm_head.weight
@@ -609,10 +664,7 @@ class MambaLM(nn.Module):
         updated in place. Memory does not grow with the number of tokens read."""
         check_token_ids(token_ids, self.config.vocab_size, name="token_ids", dim=1,
                         device=self.lm_head.weight.device)
-        check_cache(cache, MambaCache, token_ids.shape[0])
-        if len(cache.ssm_states) != self.config.num_hidden_layers:
-            raise ValueError(f"cache holds {len(cache.ssm_states)} layers but the model has "
-                             f"{self.config.num_hidden_layers}")
+        self._check_cache(cache, token_ids.shape[0])
         return self._step(token_ids, cache), cache
 
     @torch.inference_mode()

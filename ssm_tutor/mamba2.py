@@ -51,7 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_tutor.convolution import compute_dtype, dt_bias_init
-from ssm_tutor.mamba import (HFConfig, MambaBackbone, MambaBlock, MambaLM, RMSNorm, causal_conv_step,
+from ssm_tutor.mamba import (HFConfig, after_window, MambaBackbone, MambaBlock, MambaLM, RMSNorm, causal_conv_step,
                              last_conv_inputs, zero_padding)
 from ssm_tutor.ssd import ssd_scan, ssd_step
 from ssm_tutor.validate import check_has_data, check_layer_input, check_step_limit, positive_int
@@ -248,25 +248,29 @@ class Mamba2Mixer(nn.Module):
         return (x.unflatten(-1, (cfg.num_heads, cfg.head_dim)), B.unflatten(-1, (cfg.n_groups, cfg.state_size)),
                 C.unflatten(-1, (cfg.n_groups, cfg.state_size)))
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False):
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None, return_states: bool = False,
+                initial_states: tuple | None = None):
         """The parallel form over a sequence: x (b, l, D) -> (b, l, D); with ``return_states``
-        also (conv window (b, E + 2gN, K-1), SSM state (b, H, P, N)) after the last token."""
+        also (conv window (b, E + 2gN, K-1), SSM state (b, H, P, N)) after the last token.
+        ``initial_states`` (conv window, SSM state): continue from there (chunked prefill; as in
+        :meth:`ssm_tutor.mamba.MambaShell.forward`: the window goes before x, the scan starts at h_0)."""
         check_layer_input(x, self.hidden_size, "Mamba2Mixer")
         check_has_data("Mamba2Mixer's weights", self.in_proj.weight)
         if self.fast:
             from ssm_tutor.fast.mixer import mamba2_mixer_forward     # the fast layer builds on this module
-            return mamba2_mixer_forward(self, x, attention_mask, return_states)
+            return mamba2_mixer_forward(self, x, attention_mask, return_states, initial_states)
         cfg = self.config
         l, E, H, K = x.shape[1], cfg.intermediate_size, cfg.num_heads, cfg.conv_kernel
+        window, h0 = (None, None) if initial_states is None else initial_states
         z, xBC, dt = torch.split(self.in_proj(x), [E, self.conv_dim, H], dim=-1)   # (b,l,E), (b,l,E+2gN), (b,l,H)
-        xBC = zero_padding(xBC, attention_mask)                  # padding feeds nothing forward
-        conv = self.conv1d(xBC.transpose(1, 2))[..., :l]         # causal conv over time: (b, E + 2gN, l)
+        xBC = after_window(zero_padding(xBC, attention_mask), window)   # padding feeds nothing; (b, [K-1+]l, ·)
+        conv = self.conv1d(xBC.transpose(1, 2))[..., :xBC.shape[1]][..., -l:]   # causal conv, this chunk: (b, E + 2gN, l)
         xs, B, C = self.split_xBC(zero_padding(F.silu(conv).transpose(1, 2), attention_mask))
         wide = compute_dtype(x.dtype)                            # xs (b, l, H, P), B and C (b, l, g, N)
         A = -torch.exp(self.A_log.to(wide))                      # (H,)
         y, h = ssd_scan(xs, dt, A, B, C, cfg.chunk_size, D=self.D.to(wide), dt_bias=self.dt_bias.to(wide),
-                        dt_softplus=True, dt_limit=cfg.time_step_limit, return_final_states=True,
-                        method="chunked")                        # the four steps: (b, l, H, P), (b, H, P, N)
+                        dt_softplus=True, dt_limit=cfg.time_step_limit, initial_states=h0,
+                        return_final_states=True, method="chunked")                        # the four steps: (b, l, H, P), (b, H, P, N)
         y = self.out_proj(self.norm(y.flatten(-2), z))           # gate, norm, project: (b, l, D)
         return (y, (last_conv_inputs(xBC, K), h)) if return_states else y
 

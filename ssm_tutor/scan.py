@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_tutor.selective import compute_dtype, per_channel, selective_scan_ref, step_size
-from ssm_tutor.validate import positive_int, validate_linear_scan_args, validate_scan_args
+from ssm_tutor.validate import check_shape, check_tensor, positive_int, validate_linear_scan_args, validate_scan_args
 
 __all__ = [
     "combine",
@@ -258,7 +258,7 @@ def scan_cost(method: str, L: int, record: bool = False, **kwargs) -> ScanCost:
 # ----------------------------------------------------------------------------------------------
 
 def _selective_via_linear_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                               method, chunk_size):
+                               method, chunk_size, initial_state=None):
     """The textbook route: materialise a = Ā = exp(ΔA) and b = B̄u as (b, d, n, l), run ``linear_scan``."""
     b, d, l, n, _ = validate_scan_args(u, delta, A, B, C, D, z, delta_bias, allow_complex=True,
                                        allow_constant_BC=True)
@@ -270,7 +270,8 @@ def _selective_via_linear_scan(u, delta, A, B, C, D, z, delta_bias, delta_softpl
     C_t = per_channel(C, b, d, l, state).transpose(2, 3)                       # (b, d, n, l)
     A_bar = torch.exp(dt[:, :, None, :] * A.to(state)[None, :, :, None])       # Ā = exp(Δ A): (b, d, n, l)
     Bu = (dt * u)[:, :, None, :] * B_t                                         # B̄u = Δ B u: (b, d, n, l)
-    h = linear_scan(A_bar, Bu, method, chunk_size=chunk_size)                  # h_t: (b, d, n, l)
+    h0 = None if initial_state is None else initial_state.to(state)           # h_{-1}: (b, d, n), or 0
+    h = linear_scan(A_bar, Bu, method, h0=h0, chunk_size=chunk_size)           # h_t: (b, d, n, l)
     y = (C_t * h).sum(2)                                                       # y_t = C_t · h_t: (b, d, l)
     if y.is_complex():
         y = 2 * y.real                                                         # a conjugate pair: 2 Re(C h)
@@ -347,7 +348,7 @@ def _triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_sta
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, method="auto", chunk_size=None):
+                   return_last_state=False, method="auto", chunk_size=None, initial_state=None):
     """Mamba's selective scan, with the signature and meaning of the official ``selective_scan_fn``.
 
         Δ = softplus(delta + delta_bias)        (each step optional)
@@ -363,6 +364,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
             "chunked" (materialise Ā, B̄u and run :func:`linear_scan`), "reference"
             (``selective_scan_ref``) or "triton" (``ssm_tutor.kernels``, stage 6).
         chunk_size: time steps per chunk for "fused" (default 64) and "chunked" (default ⌊√l⌋).
+        initial_state: the state (b, d, n) to start from, default 0: the state an earlier chunk of
+            the same sequence ended in, so a long sequence can be read in pieces (chunked
+            prefill). Every method but "triton" (NotImplementedError).
 
     Beyond the real, time-varying layout, as ``mamba_ssm``'s ``selective_scan_fn``:
     time-invariant B, C of shape (d, n) -- every method; complex A (S4D-Lin, y = 2 Re(C h)), with
@@ -385,11 +389,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         positive_int("chunk_size", chunk_size)
     _refuse_complex_A(method, A)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if initial_state is not None:
+        if method == "triton":
+            raise NotImplementedError("method='triton' cannot start from an initial_state; use method='fused' "
+                                      "(the CPU default) or 'reference'")
+        if isinstance(u, torch.Tensor) and u.dim() == 3 and isinstance(A, torch.Tensor) and A.dim() == 2:
+            check_tensor("initial_state", initial_state, kind="real or complex", device=u.device)
+            check_shape("initial_state", initial_state, "(b, d, n)", (u.shape[0], u.shape[1], A.shape[1]))
     if method == "fused":
         from ssm_tutor.fast.scan import fused_selective_scan           # the fast layer (imports this module's peers)
-        return fused_selective_scan(*args, chunk_size=chunk_size or 64)
+        return fused_selective_scan(*args, chunk_size=chunk_size or 64, initial_state=initial_state)
     if method in LINEAR_SCAN_METHODS:
-        return _selective_via_linear_scan(*args, method, chunk_size if method == "chunked" else None)
+        return _selective_via_linear_scan(*args, method, chunk_size if method == "chunked" else None, initial_state)
     if method == "reference":
-        return selective_scan_ref(*args)
+        return selective_scan_ref(*args, initial_state)
     return _triton(*args)

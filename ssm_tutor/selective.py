@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ssm_tutor.convolution import compute_dtype, dt_bias_init, inverse_softplus, s4d_real
-from ssm_tutor.validate import (check_layer_input, check_positive, check_step_sizes, positive_int,
+from ssm_tutor.validate import (check_layer_input, check_positive, check_shape, check_step_sizes, positive_int,
                                 validate_scan_args)
 
 __all__ = ["selective_scan_loop", "selective_scan_ref", "step_size", "per_channel", "selective_ssm_step",
@@ -111,7 +111,7 @@ def per_channel(X, batch, d, length, dtype=None):
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                       return_last_state=False):
+                       return_last_state=False, initial_state=None):
     """The selective scan with the signature and meaning of the official ``selective_scan_fn``:
     :func:`selective_scan_loop` plus the options.
 
@@ -126,6 +126,11 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                       complex, or real with (re, im) interleaved along time, (…, n, 2l)
         D, delta_bias: (d,)
         return_last_state: also return h_l, (b, d, n), complex for complex A
+        initial_state: h_0 (b, d, n) to start from (default 0): the state an earlier chunk of the
+                      same sequence ended in, so a long sequence can be read in pieces. The loop
+                      starts from 0; h_0's part is added after it, exact because the recurrence is
+                      linear in h: h_0 reaches step t as (Ā_t ⋯ Ā_1) h_0 = exp(A Σ_{s≤t} Δ_s) ⊙ h_0,
+                      which adds C_t · that to y_t, and its value at t = l to h_l
 
     Returns y (b, d, l) in u's dtype [and h_l in the compute dtype]. Arithmetic runs in float32
     (float64 for float64 inputs) whatever the input dtype. Bad arguments raise, naming the
@@ -137,9 +142,16 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     real = compute_dtype(u.dtype)                                 # float32, or float64
     state = real.to_complex() if A.is_complex() else real         # the state's dtype
     delta = step_size(delta.to(real), None if delta_bias is None else delta_bias.to(real), delta_softplus)
-    y, h = selective_scan_loop(u.to(real), delta, A.to(state),
-                               per_channel(B, b, d, l, state), per_channel(C, b, d, l, state),
+    check_shape("initial_state", initial_state, "(b, d, n)", (b, d, A.shape[1]))
+    C_t = per_channel(C, b, d, l, state)                          # (b, d, l, n)
+    y, h = selective_scan_loop(u.to(real), delta, A.to(state), per_channel(B, b, d, l, state), C_t,
                                None if D is None else D.to(real))
+    if initial_state is not None:                                 # the part of h_0, added (linear in h)
+        decay = torch.exp(torch.cumsum(delta, dim=-1)[..., None] * A.to(state)[:, None, :])   # Ā_t⋯Ā_1: (b, d, l, n)
+        carried = decay * initial_state.to(state)[:, :, None, :]  # what h_0 has become at step t: (b, d, l, n)
+        y_h0 = (carried * C_t).sum(-1)                            # C_t · that: (b, d, l)
+        y = y + (2 * y_h0.real if y_h0.is_complex() else y_h0)
+        h = h + carried[:, :, -1]                                 # h_l
     if z is not None:
         y = y * F.silu(z.to(real))                                # the gate
     y = y.to(u.dtype)
@@ -281,15 +293,17 @@ class SelectiveSSM(nn.Module):
         dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.n, self.n], dim=-1)
         return F.softplus(self.dt_proj(dt_low)), B, C
 
-    def forward(self, x: torch.Tensor, return_last_state: bool = False):
-        """x (batch, length, d) -> y (batch, length, d) [, last state (batch, d, n)]."""
+    def forward(self, x: torch.Tensor, return_last_state: bool = False, initial_state: torch.Tensor | None = None):
+        """x (batch, length, d) -> y (batch, length, d) [, last state (batch, d, n)], starting
+        from ``initial_state`` (batch, d, n) (the state after an earlier chunk) or from 0."""
         check_layer_input(x, self.d, type(self).__name__)
         dt_low, B, C = self.x_proj(x).split([self.dt_rank, self.n, self.n], dim=-1)   # (b, l, R), (b, l, n) ×2
         delta = F.linear(dt_low, self.dt_proj.weight)                  # Δ before bias and softplus: (b, l, d)
         p = compute_dtype(x.dtype)                                      # the scan's precision
         out = self.scan(x.transpose(1, 2), delta.transpose(1, 2), self.A.to(p), B.transpose(1, 2),
                         C.transpose(1, 2), D=self.D.to(p), delta_bias=self.dt_proj.bias.to(p),
-                        delta_softplus=True, return_last_state=return_last_state)
+                        delta_softplus=True, return_last_state=return_last_state,
+                        **({} if initial_state is None else {"initial_state": initial_state}))
         if return_last_state:
             y, h = out
             return y.transpose(1, 2), h

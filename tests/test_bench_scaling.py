@@ -45,5 +45,7 @@ def test_bench_scaling_quick_runs_every_section(tmp_path):
     assert gpu["derived"] is True and gpu["transformer"]["max_batch"] < gpu["mamba"]["max_batch"]
 
     lc = r["long_context"]
-    assert lc["lengths"] == [32, 96] and lc["steps"] == 96 and lc["batch"] == 4         # --long-lengths, sorted
-    assert all(0 <= a <= 1 for a in lc["accuracy"])
+    assert lc["lengths"] == [32, 96] and lc["num_examples"] == [2, 2] and lc["chunk"] == 40   # --long-lengths, sorted
+    assert lc["tokens"] == [64, 192] and lc["correct"] == [round(2 * a) for a in lc["accuracy"]]
+    assert all(lo <= a <= hi for a, (lo, hi) in zip(lc["accuracy"], lc["interval_95"]))
+    assert lc["cache_bytes_per_sequence"] > 0 and len(lc["stepped_tokens_per_second"]) == 2

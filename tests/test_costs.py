@@ -239,3 +239,33 @@ def test_one_pass_equals_the_per_length_recurrent_evaluation():
     assert res["steps"] == 16 and res["batch"] == 18
     assert res["cache_bytes"] == costs.allocated_bytes(model.init_cache(18))
     assert not model.training
+
+
+# ------------------------------------------------------------------------------ chunked long context
+def test_chunked_reading_equals_the_per_length_recurrent_evaluation():
+    """Read in chunks of 4 (not dividing the lengths), the answers are those of stepping token by token."""
+    model = tiny_mamba(seed=3)
+    lengths, seed = [5, 9, 16], 11
+    res = costs.induction_accuracy_chunked(model, lengths, [6, 6, 3], 16, seed=seed, chunk=4, step_probe=3)
+    for L, n in zip(lengths, [6, 6, 3]):
+        batch = tasks.induction_heads(n, L, 16, seed=seed + L)
+        expected = tasks.last_position_logits(model, batch.inputs, recurrent=True).argmax(-1)
+        assert torch.equal(res["predictions"][L], expected)
+        assert res["correct"][L] == int((expected == batch.targets[:, -1]).sum())
+        assert res["accuracy"][L] == res["correct"][L] / n and res["tokens"][L] == n * L
+    assert res["accuracy"] == tasks.induction_accuracy_by_length(model, lengths[:2], 6, 16, seed=seed, batch_size=6,
+                                                                 recurrent=True) | {16: res["accuracy"][16]}
+    assert res["cache_bytes"] == costs.allocated_bytes(model.init_cache(1)) and res["chunk"] == 4
+    with pytest.raises(ValueError, match="one count per length"):
+        costs.induction_accuracy_chunked(model, lengths, [6, 6], 16)
+
+
+def test_wilson_interval():
+    from scipy.stats import binomtest                                      # the reference
+    for correct, total in ((8, 10), (1, 4), (3, 8), (0, 5), (7, 7)):
+        ci = binomtest(correct, total).proportion_ci(confidence_level=0.95, method="wilson")
+        assert costs.wilson_interval(correct, total) == pytest.approx((ci.low, ci.high), abs=1e-3)
+    assert costs.wilson_interval(0, 4)[0] == 0.0 and costs.wilson_interval(4, 4)[1] == 1.0
+    assert 0 < costs.wilson_interval(0, 4)[1] < 1                         # not zero-width at 0 of few
+    with pytest.raises(ValueError, match="total must be at least 1"):
+        costs.wilson_interval(0, 0)

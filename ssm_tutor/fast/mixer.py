@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_tutor.convolution import compute_dtype
-from ssm_tutor.mamba import last_conv_inputs, zero_padding
+from ssm_tutor.mamba import after_window, last_conv_inputs, zero_padding
 from ssm_tutor.scan import selective_scan
 from ssm_tutor.ssd import ssd_scan
 
@@ -50,44 +50,48 @@ def causal_conv_time_major(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
 
 def mamba_mixer_forward(mixer, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                        return_states: bool = False):
+                        return_states: bool = False, initial_states: tuple | None = None):
     """``mixer`` (a :class:`ssm_tutor.mamba.MambaMixer`) applied to x (b, l, D) -> (b, l, D)
     [, (conv_state (b, E, K-1), ssm_state (b, E, N))], the fast way. Arguments and results as
     the teaching path's."""
     E, N, K, R = mixer.d, mixer.n, mixer.d_conv, mixer.dt_rank
+    l = x.shape[1]
+    window, h0 = (None, None) if initial_states is None else initial_states
     xz = mixer.in_proj(x)                                        # (b, l, 2E), or (b, l, E) without the gate
-    u = zero_padding(xz[..., :E], attention_mask)               # (b, l, E): padding feeds nothing into the conv
+    u = after_window(zero_padding(xz[..., :E], attention_mask), window)   # (b, [K-1+]l, E): padding feeds nothing
     z = xz[..., E:].transpose(1, 2) if mixer.gated else None     # (b, E, l) view
     conv_state = last_conv_inputs(u, K) if return_states else None
-    u = zero_padding(F.silu(causal_conv_time_major(u, mixer.conv1d.weight, mixer.conv1d.bias)),
+    u = zero_padding(F.silu(causal_conv_time_major(u, mixer.conv1d.weight, mixer.conv1d.bias)[:, -l:]),
                       attention_mask)                            # (b, l, E), and nothing into the state
     dt, B, C = torch.split(mixer.x_proj(u), [R, N, N], dim=-1)   # (b, l, R), (b, l, N) ×2
     delta = mixer.dt_proj(dt).transpose(1, 2)                    # Δ before softplus, bias included: (b, E, l)
     wide = compute_dtype(u.dtype)                                # the scan's precision
     A = -torch.exp(mixer.A_log.to(wide))                         # (E, N)
     out = selective_scan(u.transpose(1, 2), delta, A, B.transpose(1, 2), C.transpose(1, 2), mixer.D.to(wide),
-                         z=z, delta_softplus=True, return_last_state=return_states)
+                         z=z, delta_softplus=True, return_last_state=return_states, initial_state=h0)
     y, ssm_state = out if return_states else (out, None)         # y: (b, E, l), time-major in memory
     y = mixer.out_proj(y.transpose(1, 2))                        # (b, l, D)
     return (y, (conv_state, ssm_state)) if return_states else y
 
 
 def mamba2_mixer_forward(mixer, x: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                         return_states: bool = False):
+                         return_states: bool = False, initial_states: tuple | None = None):
     """``mixer`` (a :class:`ssm_tutor.mamba2.Mamba2Mixer`) applied to x (b, l, D) -> (b, l, D)
     [, (conv_state (b, E + 2gN, K-1), ssm_state (b, H, P, N))], the fast way. Arguments and
     results as the teaching path's."""
     cfg = mixer.config
     E, H, K = cfg.intermediate_size, cfg.num_heads, cfg.conv_kernel
+    l = x.shape[1]
+    window, h0 = (None, None) if initial_states is None else initial_states
     z, xBC, dt = torch.split(mixer.in_proj(x), [E, mixer.conv_dim, H], dim=-1)   # (b,l,E), (b,l,E+2gN), (b,l,H)
-    xBC = zero_padding(xBC, attention_mask)                     # padding feeds nothing into the conv
+    xBC = after_window(zero_padding(xBC, attention_mask), window)   # padding feeds nothing into the conv
     conv_state = last_conv_inputs(xBC, K) if return_states else None
-    xBC = zero_padding(F.silu(causal_conv_time_major(xBC, mixer.conv1d.weight, mixer.conv1d.bias)),
+    xBC = zero_padding(F.silu(causal_conv_time_major(xBC, mixer.conv1d.weight, mixer.conv1d.bias)[:, -l:]),
                         attention_mask)                          # (b, l, E + 2gN), and nothing into the state
     xs, B, C = mixer.split_xBC(xBC)                              # views: (b, l, H, P), (b, l, g, N) ×2
     wide = compute_dtype(x.dtype)
     y, ssm_state = ssd_scan(xs, dt, -torch.exp(mixer.A_log.to(wide)), B, C, cfg.chunk_size, D=mixer.D.to(wide),
                             dt_bias=mixer.dt_bias.to(wide), dt_softplus=True, dt_limit=cfg.time_step_limit,
-                            return_final_states=True, method="fast")   # (b, l, H, P), (b, H, P, N)
+                            initial_states=h0, return_final_states=True, method="fast")   # (b, l, H, P), (b, H, P, N)
     y = mixer.out_proj(mixer.norm(y.flatten(-2), z))             # (b, l, D)
     return (y, (conv_state, ssm_state)) if return_states else y

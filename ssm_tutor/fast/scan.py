@@ -99,7 +99,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
     state entering each chunk) while this one runs the adjoint recurrence and the gradients."""
 
     @staticmethod
-    def forward(ctx, u, dt, A, Bg, Cg, chunk_size):
+    def forward(ctx, u, dt, A, Bg, Cg, chunk_size, h0):
         b, d, l = u.shape
         n = A.shape[1]
         T = min(chunk_size, l)
@@ -116,7 +116,7 @@ class _FusedSelectiveScan(torch.autograd.Function):
             y_buf = None if yT.is_contiguous() else u.new_empty(T, b, d)               # one chunk of y, time-major
             buffers = [(u.new_empty(T, b, d, n), u.new_empty(T, b, d, n)) for _ in range(workers.depth)]
             A2 = A * LOG2_E                                                            # (d, n)
-            starts = [u.new_zeros(b, d, n)]                                            # h_{-1} = 0, then each chunk's
+            starts = [h0.clone()]                                                      # h_{-1} (0 unless continuing), then each chunk's
 
             def prepare(c, slot):                                                      # Ā, B̄u of chunk c
                 t0, t1 = chunks[c]
@@ -194,11 +194,11 @@ class _FusedSelectiveScan(torch.autograd.Function):
 
             workers.run(recompute, adjoint, len(chunks))
         return (g_uT.permute(1, 2, 0), g_dtT.permute(1, 2, 0), g_A,
-                g_BT.permute(1, 2, 3, 0), g_CT.permute(1, 2, 3, 0), None)
+                g_BT.permute(1, 2, 3, 0), g_CT.permute(1, 2, 3, 0), None, carry)    # carry = ∂L/∂h_{-1}
 
 
 def fused_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                         return_last_state=False, chunk_size=64):
+                         return_last_state=False, chunk_size=64, initial_state=None):
     """The selective scan (signature and meaning of ``ssm_tutor.scan.selective_scan``), chunked and
     fused: the CPU default. Real A; B, C (b, n, l), (b, g, n, l) or (d, n). Differentiable
     through ``_FusedSelectiveScan``.
@@ -217,7 +217,8 @@ def fused_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         Bg, Cg = (per_channel(X, b, d, l, real).transpose(2, 3) for X in (B, C))     # (b, d, n, l)
     else:
         Bg, Cg = (X.to(real).unsqueeze(1) if X.dim() == 3 else X.to(real) for X in (B, C))   # (b, g, n, l)
-    y, h = _FusedSelectiveScan.apply(u_c, dt, A.to(real), Bg, Cg, chunk_size)
+    h0 = u_c.new_zeros(b, d, n) if initial_state is None else initial_state.to(real)   # h_{-1}: (b, d, n)
+    y, h = _FusedSelectiveScan.apply(u_c, dt, A.to(real), Bg, Cg, chunk_size, h0)
     if D is not None:
         y = torch.addcmul(y, u_c, D.to(real)[:, None])                                # + D u
     if z is not None:
