@@ -31,6 +31,8 @@ Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json``
     python -m ssm_tutor.train --task induction_heads --seq-len 256 --init-from checkpoints/ih_mamba_64 --out /tmp/ih256
     # stage 10: multi-query associative recall on a mixture of pair counts, on two processes
     torchrun --nproc_per_node 2 -m ssm_tutor.train --task mqar --num-kv-pairs 4,8,16 --model transformer --out /tmp/mqar
+    # stage 11: Mamba-2 (heads of 16 channels, each with a 16 x 64 state) on the same task
+    python -m ssm_tutor.train --task mqar --model mamba2 --d-state 64 --head-dim 16 --out /tmp/mqar2
 
 ``--model mamba`` is :class:`ssm_tutor.mamba.MambaLM` (saved in the Hugging Face Mamba format);
 ``--model mamba2`` is :class:`ssm_tutor.mamba2.Mamba2LM` (the Hugging Face Mamba-2 format);
@@ -383,7 +385,7 @@ def parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--d-model", type=_positive_int, default=64, help="model width")
     m.add_argument("--n-layers", type=_positive_int, default=2, help="number of blocks")
-    m.add_argument("--d-state", type=_positive_int, default=8, help="SSM state size N (mamba, ssm)")
+    m.add_argument("--d-state", type=_positive_int, default=8, help="SSM state size N (mamba, mamba2, ssm, hybrid)")
     m.add_argument("--dt-min", type=_positive_float, default=0.001,
                    help="(mamba) smallest initial Δ; a smaller one starts some channels with a longer memory")
     m.add_argument("--dt-max", type=_positive_float, default=0.1, help="(mamba) largest initial Δ")
