@@ -31,8 +31,11 @@ Command line (writes ``config.json`` + ``model.safetensors``, ``train_log.json``
     python -m ssm_tutor.train --task induction_heads --seq-len 256 --init-from checkpoints/ih_mamba_64 --out /tmp/ih256
     # stage 10: multi-query associative recall on a mixture of pair counts, on two processes
     torchrun --nproc_per_node 2 -m ssm_tutor.train --task mqar --num-kv-pairs 4,8,16 --model transformer --out /tmp/mqar
+    # stage 11: Mamba-2 (heads of 16 channels, each with a 16 x 64 state) on the same task
+    python -m ssm_tutor.train --task mqar --model mamba2 --d-state 64 --head-dim 16 --out /tmp/mqar2
 
 ``--model mamba`` is :class:`ssm_tutor.mamba.MambaLM` (saved in the Hugging Face Mamba format);
+``--model mamba2`` is :class:`ssm_tutor.mamba2.Mamba2LM` (the Hugging Face Mamba-2 format);
 ``transformer`` and ``ssm`` are :mod:`ssm_tutor.baselines` (saved as described there).
 """
 
@@ -65,7 +68,7 @@ __all__ = ["lr_at", "masked_cross_entropy", "make_optimizer", "process_group", "
            "main", "TASKS", "MODELS", "EVAL_SEED", "EVAL_LENGTHS"]
 
 TASKS = ("selective_copying", "induction_heads", "mqar", "occurs_again")
-MODELS = ("mamba", "transformer", "ssm", "hybrid", "bimamba")
+MODELS = ("mamba", "mamba2", "transformer", "ssm", "hybrid", "bimamba")
 LABELLING_TASKS = {"occurs_again": 2}   # task -> number of labels: a per-token classifier (bimamba), not an LM
 EVAL_SEED = 10_000_019          # the evaluation batch's seed; training batches use seeds seed·10⁶ + step
 
@@ -167,13 +170,16 @@ def make_task(name: str, *, seq_len: int, vocab_size: int, num_tokens: int = 8, 
 def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int = 2, d_state: int = 8,
                 n_heads: int = 4, max_len: int = 256, pos_encoding: str = "rope", mixer: str = "selective",
                 gated: bool = True, dt_min: float = 0.001, dt_max: float = 0.1, num_labels: int = 2,
-                bidirectional: bool = True, attn_layer_period: int = 2, attn_layer_offset: int = 1) -> nn.Module:
-    """A fresh model: "mamba" (MambaLM), "transformer" (TransformerLM), "ssm" (SSMLM with mixer/gated),
+                bidirectional: bool = True, attn_layer_period: int = 2, attn_layer_offset: int = 1,
+                head_dim: int = 16, chunk_size: int = 64, n_groups: int = 1) -> nn.Module:
+    """A fresh model: "mamba" (MambaLM), "mamba2" (Mamba2LM: expand 2, so 2·d_model/head_dim heads of
+    ``head_dim`` channels, ``n_groups`` groups of B/C, the SSD scan in chunks of ``chunk_size``; its state
+    per layer is heads · head_dim · d_state), "transformer" (TransformerLM), "ssm" (SSMLM with mixer/gated),
     "hybrid" (HybridLM: layer i is attention when (i - attn_layer_offset) % attn_layer_period == 0, with
     ``n_heads`` heads, else Mamba), or "bimamba" (the per-token classifier BiMamba with ``num_labels``;
     ``bidirectional=False``: its causal twin).
 
-    ``dt_min``, ``dt_max`` (mamba, hybrid, bimamba): the range Δ = softplus(dt_proj bias) starts in
+    ``dt_min``, ``dt_max`` (mamba, mamba2, hybrid, bimamba): the range Δ = softplus(dt_proj bias) starts in
     (log-uniform per channel).
     """
     if name == "hybrid":
@@ -192,6 +198,19 @@ def build_model(name: str, vocab_size: int, *, d_model: int = 32, n_layers: int 
         from ssm_tutor.mamba import MambaConfig, MambaLM
         return MambaLM(MambaConfig(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
                                    state_size=d_state, time_step_min=dt_min, time_step_max=dt_max))
+    if name == "mamba2":
+        from ssm_tutor.mamba2 import Mamba2Config, Mamba2LM
+        expand = 2
+        if (expand * d_model) % head_dim:
+            raise ValueError(f"mamba2: head_dim must divide expand * d_model = {expand} * {d_model}, got {head_dim}")
+        num_heads = expand * d_model // head_dim
+        if num_heads % n_groups:
+            raise ValueError(f"mamba2: n_groups must divide the number of heads (2 * d_model / head_dim = "
+                             f"{num_heads}), got {n_groups}")
+        return Mamba2LM(Mamba2Config(vocab_size=vocab_size, hidden_size=d_model, num_hidden_layers=n_layers,
+                                     state_size=d_state, expand=expand, num_heads=num_heads, head_dim=head_dim,
+                                     n_groups=n_groups, chunk_size=chunk_size, time_step_min=dt_min,
+                                     time_step_max=dt_max, tie_word_embeddings=True))
     if name == "transformer":
         return baselines.TransformerLM(vocab_size, d_model, n_layers, n_heads, max_len, pos_encoding)
     if name == "ssm":
@@ -213,6 +232,9 @@ def load_model(directory) -> nn.Module:
     if model_type == "mamba":
         from ssm_tutor.mamba import MambaLM
         return MambaLM.from_pretrained(directory).eval()
+    if model_type == "mamba2":
+        from ssm_tutor.mamba2 import Mamba2LM
+        return Mamba2LM.from_pretrained(directory).eval()
     if model_type == "ssm_tutor_hybrid":
         from ssm_tutor.hybrid import HybridLM
         return HybridLM.from_pretrained(directory)
@@ -363,7 +385,7 @@ def parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--d-model", type=_positive_int, default=64, help="model width")
     m.add_argument("--n-layers", type=_positive_int, default=2, help="number of blocks")
-    m.add_argument("--d-state", type=_positive_int, default=8, help="SSM state size N (mamba, ssm)")
+    m.add_argument("--d-state", type=_positive_int, default=8, help="SSM state size N (mamba, mamba2, ssm, hybrid)")
     m.add_argument("--dt-min", type=_positive_float, default=0.001,
                    help="(mamba) smallest initial Δ; a smaller one starts some channels with a longer memory")
     m.add_argument("--dt-max", type=_positive_float, default=0.1, help="(mamba) largest initial Δ")
@@ -371,6 +393,10 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--pos-encoding", default="rope", choices=baselines.POS_ENCODINGS, help="(transformer) positions")
     m.add_argument("--mixer", default="selective", choices=baselines.MIXERS, help="(ssm) the inner layer")
     m.add_argument("--gated", default=True, action=argparse.BooleanOptionalAction, help="(ssm) gate with SiLU(z)")
+    m.add_argument("--head-dim", type=_positive_int, default=16,
+                   help="(mamba2) channels per head P; 2·d_model/P heads, each with a P × N state")
+    m.add_argument("--chunk-size", type=_positive_int, default=64, help="(mamba2) SSD chunk length")
+    m.add_argument("--n-groups", type=_positive_int, default=1, help="(mamba2) groups of heads sharing B and C")
     m.add_argument("--attn-layer-period", type=_positive_int, default=2,
                    help="(hybrid) one attention layer every this many layers")
     m.add_argument("--attn-layer-offset", type=_non_negative_int, default=1,
@@ -571,8 +597,8 @@ def _run(args, argv):
     if args.warmup >= args.steps:
         p.error(f"argument --warmup: must be smaller than --steps ({args.steps}), got {args.warmup}")
     for flag, name in (("--dt-min", "dt_min"), ("--dt-max", "dt_max")):
-        if args.model not in ("mamba", "hybrid", "bimamba") and getattr(args, name) != p.get_default(name):
-            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range (hybrid and bimamba too); "
+        if args.model not in ("mamba", "mamba2", "hybrid", "bimamba") and getattr(args, name) != p.get_default(name):
+            p.error(f"argument {flag}: only --model mamba has a Δ initialisation range (mamba2, hybrid and bimamba too); "
                     f"{args.model!r} ignores it")
     if args.dt_min > args.dt_max:
         p.error(f"argument --dt-min: must be at most --dt-max ({args.dt_max}), got {args.dt_min}")
@@ -582,6 +608,15 @@ def _run(args, argv):
     if args.model == "hybrid" and args.attn_layer_offset >= args.attn_layer_period:
         p.error(f"argument --attn-layer-offset: must be smaller than --attn-layer-period ({args.attn_layer_period}), "
                 f"got {args.attn_layer_offset}")
+    for flag, name in (("--head-dim", "head_dim"), ("--chunk-size", "chunk_size"), ("--n-groups", "n_groups")):
+        if args.model != "mamba2" and getattr(args, name) != p.get_default(name):
+            p.error(f"argument {flag}: only --model mamba2 has heads of a state matrix, chunks and groups")
+    if args.model == "mamba2" and (2 * args.d_model) % args.head_dim:
+        p.error(f"argument --head-dim: must divide 2 * --d-model ({2 * args.d_model}; Mamba-2 expands by 2), "
+                f"got {args.head_dim}")
+    if args.model == "mamba2" and (2 * args.d_model // args.head_dim) % args.n_groups:
+        p.error(f"argument --n-groups: must divide the number of heads, 2 * --d-model / --head-dim = "
+                f"{2 * args.d_model // args.head_dim}, got {args.n_groups}")
     if args.model in ("transformer", "hybrid") and args.d_model % args.n_heads:
         p.error(f"argument --n-heads: must divide --d-model ({args.d_model}), got {args.n_heads}")
     _check_out(Path(args.out), args.overwrite, p)
@@ -597,7 +632,8 @@ def _run(args, argv):
                         pos_encoding=args.pos_encoding, mixer=args.mixer, gated=args.gated,
                         dt_min=args.dt_min, dt_max=args.dt_max, num_labels=LABELLING_TASKS.get(args.task, 2),
                         bidirectional=args.bidirectional, attn_layer_period=args.attn_layer_period,
-                        attn_layer_offset=args.attn_layer_offset)
+                        attn_layer_offset=args.attn_layer_offset, head_dim=args.head_dim,
+                        chunk_size=args.chunk_size, n_groups=args.n_groups)
     if args.init_from is not None:
         _load_weights_into(model, args.init_from, p)
     rank, world = process_group()

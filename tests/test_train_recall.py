@@ -38,6 +38,27 @@ def test_mqar_hybrid_trains_saves_and_measures_its_recall_curve(tmp_path, capsys
     assert fillers == [False, False]
 
 
+def test_mqar_mamba2_trains_saves_and_measures_its_recall_curve(tmp_path):
+    """--model mamba2 builds Mamba2LM from the shared flags (d_model, n_layers, d_state) and its own
+    (head_dim, chunk_size, n_groups), saves it in the Mamba-2 format, and --evaluate reloads it."""
+    from ssm_tutor.mamba2 import Mamba2LM
+
+    out = tmp_path / "m2"
+    main(["--task", "mqar", "--seq-len", "16", "--vocab-size", "32", "--num-kv-pairs", "2,4", "--model", "mamba2",
+          "--head-dim", "8", "--chunk-size", "8", "--n-groups", "2", "--no-random-non-queries", *TINY,
+          "--steps", "2", "--eval-every", "2", "--out", str(out)])
+    model = load_model(out)
+    assert isinstance(model, Mamba2LM)
+    c = model.config
+    assert (c.hidden_size, c.num_hidden_layers, c.state_size) == (16, 2, 4)
+    assert (c.num_heads, c.head_dim, c.chunk_size, c.n_groups, c.expand) == (4, 8, 8, 2, 2)
+    assert json.loads((out / "config.json").read_text())["model_type"] == "mamba2"
+    assert len(json.loads((out / "train_log.json").read_text())["loss"]) == 2
+    main(["--evaluate", str(out), "--num-kv-pairs", "1,2", "--eval-examples", "8"])
+    recall = json.loads((out / "recall.json").read_text())
+    assert recall["pairs"] == [1, 2] and all(0 <= a <= 1 for a in recall["accuracy"])
+
+
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_occurs_again_trains_a_bimamba_and_reports_the_causal_ceiling(tmp_path, bidirectional):
     out = tmp_path / "b"
@@ -61,6 +82,12 @@ def test_occurs_again_trains_a_bimamba_and_reports_the_causal_ceiling(tmp_path, 
     (["--task", "mqar", "--model", "mamba", "--attn-layer-period", "3", "--out", "x"], "only --model hybrid has a layer pattern"),
     (["--task", "mqar", "--model", "transformer", "--no-bidirectional", "--out", "x"], "only --model bimamba has directions"),
     (["--task", "mqar", "--batch-size", "2", "--out", "x"], "at least the number of pair counts"),
+    (["--task", "mqar", "--model", "mamba2", "--d-model", "16", "--head-dim", "12", "--out", "x"],
+     r"--head-dim: must divide 2 \* --d-model \(32"),
+    (["--task", "mqar", "--model", "mamba2", "--d-model", "16", "--head-dim", "8", "--n-groups", "3", "--out", "x"],
+     r"--n-groups: must divide the number of heads, 2 \* --d-model / --head-dim = 4, got 3"),
+    (["--task", "mqar", "--model", "mamba", "--head-dim", "8", "--out", "x"], "only --model mamba2 has heads"),
+    (["--task", "mqar", "--model", "transformer", "--chunk-size", "8", "--out", "x"], "only --model mamba2 has heads"),
 ])
 def test_bad_stage_10_arguments_give_clear_messages(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
