@@ -1,7 +1,9 @@
-"""The two tests every chapter's exercises get: the instructor's answer PASSes, a stub that raises
-NotImplementedError is NOT ATTEMPTED. A test module assigns them by name, so pytest collects them:
+"""The tests every chapter's exercises get: the instructor's answer PASSes, a stub that raises
+NotImplementedError is NOT ATTEMPTED, a typical mistake FAILs with its hint. A test module assigns
+them by name, so pytest collects them:
 
     test_answer_passes, test_stub_is_not_attempted = answer_tests(ANSWERS)
+    test_typical_mistake_fails_with_its_hint = mistake_test(MISTAKES)
 """
 
 import pytest
@@ -25,3 +27,17 @@ def answer_tests(answers: dict):
         assert check_exercise(exercise_id, stub, verbose=False).status == "NOT ATTEMPTED"
 
     return test_answer_passes, test_stub_is_not_attempted
+
+
+def mistake_test(mistakes: list):
+    """test_typical_mistake_fails_with_its_hint over ``mistakes`` = [(exercise id, wrong answer, hint)]:
+    each FAILs, its message carries the hint, and it prints plain numbers and named outputs."""
+
+    @pytest.mark.parametrize("exercise_id,wrong,hint", mistakes, ids=[f"{m[0]}-{m[2]}" for m in mistakes])
+    def test_typical_mistake_fails_with_its_hint(exercise_id, wrong, hint):
+        result = check_exercise(exercise_id, wrong, verbose=False)
+        assert result.status == "FAIL", result
+        assert hint in result.message, result.message
+        assert "np.float64" not in result.message and "output[" not in result.message
+
+    return test_typical_mistake_fails_with_its_hint

@@ -4,7 +4,6 @@ it has the piece) passes, each typical mistake fails with its hint, a stub is NO
 
 import math
 
-import pytest
 import torch
 
 from ssm_tutor.continuous import damped_oscillator
@@ -12,7 +11,7 @@ from ssm_tutor.convolution import causal_conv
 from ssm_tutor.discretize import recurrence_diag, zoh
 from ssm_tutor.exercises.ch03 import _blocks_without_tails, _fft_blocks_no_pad
 from ssm_tutor.exercises import check_exercise
-from exercise_answers import answer_tests
+from exercise_answers import answer_tests, mistake_test
 
 
 # ------------------------------------------------------------------------------ correct answers
@@ -150,12 +149,7 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id,wrong,hint", MISTAKES, ids=[f"{m[0]}-{m[2]}" for m in MISTAKES])
-def test_typical_mistake_fails_with_its_hint(exercise_id, wrong, hint):
-    result = check_exercise(exercise_id, wrong, verbose=False)
-    assert result.status == "FAIL", result
-    assert hint in result.message, result.message
-    assert "np.float64" not in result.message and "output[" not in result.message
+test_typical_mistake_fails_with_its_hint = mistake_test(MISTAKES)
 
 
 def test_singular_A_is_reported_by_case_name():

@@ -17,6 +17,7 @@ import torch
 from ssm_tutor.exercises import check_exercise
 from ssm_tutor.exercises.ch04 import _half_life_by_bisection
 from ssm_tutor.selective import selective_scan_ref
+from exercise_answers import mistake_test
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -113,12 +114,7 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id,wrong,hint", MISTAKES, ids=[f"{m[0]}-{m[2]}" for m in MISTAKES])
-def test_typical_mistake_fails_with_its_hint(exercise_id, wrong, hint):
-    result = check_exercise(exercise_id, wrong, verbose=False)
-    assert result.status == "FAIL", result
-    assert hint in result.message, result.message
-    assert "np.float64" not in result.message and "output[" not in result.message
+test_typical_mistake_fails_with_its_hint = mistake_test(MISTAKES)
 
 
 # ---- end to end: `ssm-tutor check` on notebook 04's own exercise cells, with a mistake in each ----

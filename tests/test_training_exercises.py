@@ -4,12 +4,10 @@ ssm_tutor.exercises.ch08; the correct answers here are written independently of 
 
 import math
 
-import pytest
 import torch
 
-from ssm_tutor.exercises import check_exercise
 from ssm_tutor.train import lr_at, masked_cross_entropy
-from exercise_answers import answer_tests
+from exercise_answers import answer_tests, mistake_test
 
 
 def kv_cache_bytes(n_layers, n_heads, d_model, batch, length):
@@ -64,9 +62,4 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("exercise_id,wrong,hint", MISTAKES, ids=[f"{m[0]}-{m[2]}" for m in MISTAKES])
-def test_typical_mistake_fails_with_its_hint(exercise_id, wrong, hint):
-    result = check_exercise(exercise_id, wrong, verbose=False)
-    assert result.status == "FAIL", result
-    assert hint in result.message, result.message
-    assert "np.float64" not in result.message and "output[" not in result.message
+test_typical_mistake_fails_with_its_hint = mistake_test(MISTAKES)
