@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import torch
 
+from ssm_tutor.fast import scan as fast_scan
 from ssm_tutor.fast import threads
 from ssm_tutor.fast.scan import fused_selective_scan
 from ssm_tutor.scan import LINEAR_SCAN_METHODS, selective_scan
@@ -23,6 +24,19 @@ def test_fused_equals_every_teaching_scan_values_and_gradients(teaching, option)
     opt = dict(OPTIONS[option], last=True)
     assert_scans_agree(partial(fused_selective_scan, chunk_size=8), partial(selective_scan, method=teaching),
                        scan_inputs(groups=opt["groups"], l=21), opt, ["u", "delta", "A", "B", "C"] + list(opt["keep"]))
+
+
+@pytest.mark.parametrize("use_exp2", [True, False])
+def test_fused_scan_with_exp_or_exp2_matches_the_reference(monkeypatch, use_exp2):
+    """Both exponentials (the choice follows PyTorch's vector path, see fast.scan.USE_EXP2)."""
+    monkeypatch.setattr(fast_scan, "USE_EXP2", use_exp2)
+    opt = dict(OPTIONS["all, grouped B/C"], last=True)
+    assert_scans_agree(partial(fused_selective_scan, chunk_size=8), selective_scan_ref,
+                       scan_inputs(groups=opt["groups"], l=21), opt, ["u", "delta", "A", "B", "C"] + list(opt["keep"]))
+
+
+def test_exp2_is_used_exactly_on_the_vector_paths_that_vectorise_it():
+    assert fast_scan.USE_EXP2 == (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 19, 100])
