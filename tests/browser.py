@@ -25,7 +25,11 @@ from pathlib import Path
 
 import pytest
 
-IN_CI = bool(os.environ.get("CI") or os.environ.get("SSM_TUTOR_REQUIRE_BOOK"))
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+IN_CI = _flag("CI") or _flag("SSM_TUTOR_REQUIRE_BOOK")
 
 HOW_TO_GET_CHROMIUM = (
     "headless Chromium and its driver are needed for the browser tests: "

@@ -388,19 +388,48 @@ def combined_notebook(instructor):
     return student
 
 
-@pytest.fixture(scope="module")
-def executed_course():
-    """Each course notebook executed once, combined (see the module docstring), 2 at a time."""
+# Runs in a child process: execute one combined notebook in place, write its checker records as JSON.
+_EXECUTE_COMBINED = """
+import dataclasses, json, sys
+from pathlib import Path
+import nbformat
+from ssm_tutor import cli
+source, cwd, out = sys.argv[1:]
+nb = nbformat.read(source, as_version=4)
+records, stopped = cli.execute_and_record(nb, Path(cwd), timeout=600)
+nbformat.write(nb, source)   # with its outputs, for the report
+Path(out).write_text(json.dumps({"records": [dataclasses.asdict(r) for r in records], "stopped": stopped}))
+"""
+
+
+def execute_combined(path, tmp_dir):
+    """Execute the combined notebook of ``path`` in a child process (a fresh Python, its kernel
+    single-threaded) and return its report. A process, not a thread of this one: two notebook
+    clients in threads of one process share ZeroMQ and event-loop state, and once in a few dozen
+    runs one of them waited forever on a kernel that had gone idle. A process can be killed: the
+    whole notebook gets a hard limit of 15 minutes."""
+    source, out = tmp_dir / f"{path.stem}.ipynb", tmp_dir / f"{path.stem}.json"
+    nbformat.write(combined_notebook(nbformat.read(path, as_version=4)), source)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    try:
+        run = subprocess.run([sys.executable, "-c", _EXECUTE_COMBINED, str(source), str(path.parent), str(out)],
+                             env=env, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{path.name}: the combined notebook ran for more than 15 minutes")
+    assert run.returncode == 0, f"{path.name}: the executing process failed:\n{run.stderr[-3000:]}"
+    result = json.loads(out.read_text())
+    assert result["stopped"] is None, f"{path.name}: {result['stopped']}"
+    records = [cli.CheckerRecord(**r) for r in result["records"]]
+    return cli.collect_results(nbformat.read(source, as_version=4), records, str(path))
 
-    def run(path):
-        nb = combined_notebook(nbformat.read(path, as_version=4))
-        records, stopped = cli.execute_and_record(nb, path.parent, timeout=600, env=env)
-        assert stopped is None, f"{path.name}: {stopped}"
-        return path, cli.collect_results(nb, records, str(path))
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, NOTEBOOKS))
+@pytest.fixture(scope="module")
+def executed_course(tmp_path_factory):
+    """Each course notebook executed once, combined (see the module docstring), 2 at a time."""
+    tmp_dir = tmp_path_factory.mktemp("combined")
+    with ThreadPoolExecutor(max_workers=2) as pool:   # threads that wait on child processes
+        reports = pool.map(lambda path: execute_combined(path, tmp_dir), NOTEBOOKS)
+        return dict(zip(NOTEBOOKS, reports))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
