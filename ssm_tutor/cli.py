@@ -257,16 +257,19 @@ class CheckerRecord:
     line: str
 
 
-def execute_notebook(nb, cwd: Path, timeout: int = 600, env: dict | None = None, on_cell_executed=None):
+def execute_notebook(nb, cwd: Path, timeout: int = 600, env: dict | None = None, on_cell_executed=None,
+                     on_cell_start=None):
     """Execute ``nb`` in place, in a fresh kernel started in ``cwd`` (with environment ``env``,
     default: this process's); cell errors are recorded in the outputs, not raised.
-    ``on_cell_executed(cell=, cell_index=, execute_reply=)`` is called after each code cell."""
+    ``on_cell_start(cell=, cell_index=)`` is called before each code cell,
+    ``on_cell_executed(cell=, cell_index=, execute_reply=)`` after it."""
     from nbclient import NotebookClient
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     kernel = nb.metadata.get("kernelspec", {}).get("name", "python3")
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, allow_errors=True,
-                            resources={"metadata": {"path": str(cwd)}}, on_cell_executed=on_cell_executed)
+                            resources={"metadata": {"path": str(cwd)}}, on_cell_executed=on_cell_executed,
+                            on_cell_start=on_cell_start)
     client.execute(**({"env": env} if env is not None else {}))
     return nb
 
@@ -285,15 +288,15 @@ def _read_records(f, cell: int | None) -> list[CheckerRecord]:
 
 
 def execute_and_record(nb, cwd: Path, timeout: int = 600, env: dict | None = None,
-                       time_limit: float | None = None) -> tuple[list[CheckerRecord], str | None]:
+                       time_limit: float | None = None, on_cell_start=None) -> tuple[list[CheckerRecord], str | None]:
     """Execute ``nb`` in place (see :func:`execute_notebook`) with the checker's results channel open.
 
     The kernel is started with ``SSM_TUTOR_RESULTS`` naming a fresh file in a private temporary
     directory; the real ``check_exercise`` appends one JSON record per result to it. After each
     cell the new records are read and tagged with that cell's index, so a record counts only for
     the cell that made it. Printed text never reaches the file. ``time_limit``: seconds allowed
-    per ``check_exercise`` call (``SSM_TUTOR_TIME_LIMIT``). Returns (records, why execution stopped
-    early or None).
+    per ``check_exercise`` call (``SSM_TUTOR_TIME_LIMIT``); ``on_cell_start``: see
+    :func:`execute_notebook`. Returns (records, why execution stopped early or None).
     """
     env = dict(os.environ if env is None else env)
     env.pop(TIME_LIMIT_ENV, None)
@@ -310,7 +313,7 @@ def execute_and_record(nb, cwd: Path, timeout: int = 600, env: dict | None = Non
                 records.extend(_read_records(f, cell_index))
 
             try:
-                execute_notebook(nb, cwd, timeout, env, on_cell_executed=after_cell)
+                execute_notebook(nb, cwd, timeout, env, on_cell_executed=after_cell, on_cell_start=on_cell_start)
             except Exception as err:  # the kernel died, a cell timed out, no such kernel…
                 last_line = (str(err).strip().splitlines() or [""])[-1]
                 stopped = f"execution stopped: {type(err).__name__}: {last_line}"

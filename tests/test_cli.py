@@ -382,40 +382,60 @@ def combined_notebook(instructor):
             grade = next(c for c in student.cells[i + 1:] if is_grade(c))
             solution = copy.deepcopy(solutions[cell.metadata["nbgrader"]["grade_id"]])
             solution.outputs, solution.execution_count = [], None
-            cells += [solution, copy.deepcopy(grade)]
+            check = copy.deepcopy(grade)
+            solution.id, check.id = f"{solution.id}-solution", f"{check.id}-check"   # ids stay unique
+            cells += [solution, check]
         cells.append(cell)
     student.cells = cells
     return student
 
 
-# Runs in a child process: execute one combined notebook in place, write its checker records as JSON.
+# Runs in a child process: execute one combined notebook in place, write its checker records as
+# JSON, and log each code cell as it starts (what a notebook that never ends was doing).
 _EXECUTE_COMBINED = """
-import dataclasses, json, sys
+import dataclasses, json, sys, time
 from pathlib import Path
 import nbformat
 from ssm_tutor import cli
-source, cwd, out = sys.argv[1:]
+source, cwd, out, log = sys.argv[1:]
 nb = nbformat.read(source, as_version=4)
-records, stopped = cli.execute_and_record(nb, Path(cwd), timeout=600)
+t0 = time.perf_counter()
+with open(log, "w", encoding="utf-8", buffering=1) as progress:
+    def started(cell, cell_index):
+        first_line = (cell.source.strip().splitlines() or [""])[0][:70]
+        progress.write(f"{time.perf_counter() - t0:6.1f} s  cell {cell_index}: {first_line}\\n")
+    records, stopped = cli.execute_and_record(nb, Path(cwd), timeout=600, on_cell_start=started)
 nbformat.write(nb, source)   # with its outputs, for the report
 Path(out).write_text(json.dumps({"records": [dataclasses.asdict(r) for r in records], "stopped": stopped}))
 """
+NOTEBOOK_TIME_LIMIT = 300   # seconds for one combined notebook; the slowest takes under a minute
 
 
 def execute_combined(path, tmp_dir):
     """Execute the combined notebook of ``path`` in a child process (a fresh Python, its kernel
-    single-threaded) and return its report. A process, not a thread of this one: two notebook
-    clients in threads of one process share ZeroMQ and event-loop state, and once in a few dozen
-    runs one of them waited forever on a kernel that had gone idle. A process can be killed: the
-    whole notebook gets a hard limit of 15 minutes."""
+    single-threaded) and return its report.
+
+    A process, not a thread of this one, so that it can be stopped: twice in full runs of the suite
+    a notebook client waited forever on a kernel that had gone idle, in a different notebook and
+    cell each time, and never when the notebook ran alone. A run still going after
+    NOTEBOOK_TIME_LIMIT is stopped (its kernel exits with its parent) and made once more; a second
+    overrun fails, naming the cells each run last started, so an endless notebook still fails."""
     source, out = tmp_dir / f"{path.stem}.ipynb", tmp_dir / f"{path.stem}.json"
-    nbformat.write(combined_notebook(nbformat.read(path, as_version=4)), source)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    try:
-        run = subprocess.run([sys.executable, "-c", _EXECUTE_COMBINED, str(source), str(path.parent), str(out)],
-                             env=env, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{path.name}: the combined notebook ran for more than 15 minutes")
+    overruns = []
+    for attempt in (1, 2):
+        log = tmp_dir / f"{path.stem}.{attempt}.log"
+        nbformat.write(combined_notebook(nbformat.read(path, as_version=4)), source)
+        command = [sys.executable, "-c", _EXECUTE_COMBINED, str(source), str(path.parent), str(out), str(log)]
+        try:
+            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=NOTEBOOK_TIME_LIMIT)
+            break
+        except subprocess.TimeoutExpired:
+            last_cells = "".join(log.read_text().splitlines(True)[-2:]) if log.exists() else "(none)\n"
+            overruns.append(f"run {attempt} stopped after {NOTEBOOK_TIME_LIMIT} s; its last cells started:\n{last_cells}")
+            print(f"{path.name}: {overruns[-1]}", file=sys.stderr)
+    else:
+        pytest.fail(f"{path.name}: " + "".join(overruns))
     assert run.returncode == 0, f"{path.name}: the executing process failed:\n{run.stderr[-3000:]}"
     result = json.loads(out.read_text())
     assert result["stopped"] is None, f"{path.name}: {result['stopped']}"
