@@ -35,10 +35,6 @@ def test_fused_scan_with_exp_or_exp2_matches_the_reference(monkeypatch, use_exp2
                        scan_inputs(groups=opt["groups"], l=21), opt, ["u", "delta", "A", "B", "C"] + list(opt["keep"]))
 
 
-def test_exp2_is_used_exactly_on_the_vector_paths_that_vectorise_it():
-    assert fast_scan.USE_EXP2 == (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
-
-
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 19, 100])
 def test_fused_scan_any_chunk_size(chunk_size):
     opt = OPTIONS["all, grouped B/C"]
